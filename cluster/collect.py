@@ -1,0 +1,94 @@
+"""The results table: one row per cell, built from the plan and the stage folders alone.
+
+Works on a partial study (rows of unfinished cells carry their status and reason), so the report
+can be made while jobs still run.
+"""
+from __future__ import annotations
+
+import io
+
+from pathlib import Path
+
+import pandas as pd
+
+from cluster.store import Store
+from sweeps.plan import CELL_STAGES, SHARED_STAGES, Plan
+from vtp_core.runtime import atomic_write_bytes, atomic_write_text
+
+ORDER = (*SHARED_STAGES, *CELL_STAGES)
+
+
+def _val(metric):
+    if isinstance(metric, dict):
+        return metric.get("value")
+    return metric
+
+
+def cell_status(store: Store, cell) -> tuple[str, str | None]:
+    for kind in ORDER:
+        st = store.status(cell.stages[kind])
+        s = st.get("status", "pending")
+        if s != "done":
+            reason = st.get("reason")
+            return s, (f"{kind}: {reason}" if reason else kind)
+    return "done", None
+
+
+def table(plan: Plan, store: Store) -> pd.DataFrame:
+    rows = []
+    for c in plan.cells:
+        status, reason = cell_status(store, c)
+        pre = store.metrics(c.stages["pretrain"])
+        probe = store.metrics(c.stages["probe"])
+        dit = store.metrics(c.stages["dit"])
+        fid = store.metrics(c.stages["fid"])
+        gfid = fid.get("gfid") or {}
+        rfid = probe.get("rfid") or {}
+        row = {
+            "study": plan.study.name, "cell": c.id, "recipe": c.recipe, "encoder": c.encoder,
+            "encoder_params": c.encoder_params, "data_size": c.data_size or pre.get("data_size", 0),
+            "budget_flops": c.budget_flops,
+            "tokenizer_flops": pre.get("tokenizer_flops", c.tokenizer_flops), "tokenizer_steps": c.steps,
+            "dit_flops": dit.get("dit_flops", c.dit_flops), "seed": c.seed,
+            "rfid": _val(rfid), "linear_probe": _val(probe.get("linear_probe")),
+            "linear_probe_pre": _val(probe.get("linear_probe_pre")), "zero_shot": _val(probe.get("zero_shot")),
+            "gfid": _val(gfid), "gfid_protocol": gfid.get("protocol_hash"),
+            "rfid_protocol": rfid.get("protocol_hash"), "status": status, "reason": reason,
+        }
+        for kind in CELL_STAGES:
+            row[f"{kind}_id"] = c.stages[kind]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in ("rfid", "linear_probe", "linear_probe_pre", "zero_shot", "gfid"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def write(plan: Plan, store: Store) -> Path:
+    df = table(plan, store)
+    out = store.study_dir(plan.study.name)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out / "runs.parquet", buf.getvalue())
+    atomic_write_text(out / "runs.csv", df.to_csv(index=False))
+    return out / "runs.parquet"
+
+
+def status_counts(plan: Plan, store: Store) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
+    """Counts per stage kind and status, and (stage id, status, reason) of every failure."""
+    rows, failures = [], []
+    for st in plan.stages.values():
+        s = store.status(st.id)
+        state = s.get("status", "pending")
+        if state == "running" and not store.is_leased(st.id):
+            state = "stale"  # its process died without a word: a re-run resumes it
+        rows.append({"stage": st.kind, "status": state})
+        if state in ("failed", "diverged", "preempted", "stale"):
+            failures.append((st.id, state, s.get("reason") or ("process died while running" if state == "stale" else "")))
+    df = pd.DataFrame(rows)
+    counts = df.groupby(["stage", "status"]).size().unstack(fill_value=0) if len(df) else df
+    order = [k for k in ORDER if k in counts.index] + [k for k in counts.index if k not in ORDER]
+    return counts.loc[order], failures
+
+

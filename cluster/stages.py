@@ -1,0 +1,37 @@
+"""Stage kind → entry function, and the services a lower layer may not import itself.
+
+Entry functions are imported lazily so `make status` / dry runs never load torch models.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable
+
+ENTRY = {
+    "pretrain": "vtp_core.pretrain:run",
+    "probe": "vtp_core.probe:run",
+    "extractor": "dit_eval.extractors:run",
+    "refstats": "dit_eval.refstats:run",
+    "latents": "dit_eval.latents:run",
+    "dit": "dit_eval.train:run",
+    "sample": "dit_eval.sample:run",
+    "fid": "dit_eval.fid:run",
+}
+
+
+def entry(kind: str) -> Callable[..., dict]:
+    mod, fn = ENTRY[kind].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def services(kind: str, inputs: dict[str, Path], device: str) -> dict[str, Any]:
+    """The probe's rFID uses the same extractor and Fréchet code as gFID (dit_eval), injected here."""
+    if kind != "probe":
+        return {}
+    from dit_eval.extractors import load_extractor
+    from dit_eval.frechet import frechet_from_features
+
+    ext = load_extractor(inputs["extractor"], device)
+    return {"fid_features": ext, "frechet": frechet_from_features, "extractor_name": ext.name,
+            "extractor_sha": ext.sha, "refstats": inputs.get("refstats")}

@@ -1,0 +1,82 @@
+"""MLflow as the index of a study: one experiment per study, one run per cell.
+
+Why it is written from the results table after dispatch (and not by every job): with many SLURM
+jobs starting at once, experiment creation races and SQLite 'database is locked' are the classic
+failures (mlflow#10334, adept#292). Here one process creates the experiment (get-or-create with
+retries), finds each cell's run by its `cell` tag (so re-collecting updates, never duplicates),
+logs immutable cell axes as params once, and everything mutable as metrics/tags.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+
+PARAMS = ("recipe", "encoder", "encoder_params", "data_size", "budget_flops", "seed", "tokenizer_steps")
+METRICS = ("gfid", "rfid", "linear_probe", "linear_probe_pre", "zero_shot", "tokenizer_flops", "dit_flops")
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return (sha or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tracking_uri(results: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results).resolve() / 'mlflow.db'}"
+
+
+def _experiment(client, name: str, tries: int = 5) -> str:
+    for i in range(tries):
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name)
+        except Exception:  # noqa: BLE001 - created concurrently, or DB busy: look again
+            time.sleep(0.2 * (i + 1))
+    raise RuntimeError(f"could not get or create MLflow experiment {name!r}")
+
+
+def log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None = None) -> int:
+    """Create/update one MLflow run per row. Returns the number of runs touched."""
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(results))
+    exp_id = _experiment(client, study)
+    commit = commit or git_commit()
+    existing = {r.data.tags.get("cell"): r.info.run_id
+                for r in client.search_runs([exp_id], max_results=50000)}
+    ts = int(time.time() * 1000)
+    for row in df.to_dict("records"):
+        cell = row["cell"]
+        run_id = existing.get(cell)
+        params = []
+        if run_id is None:
+            run_id = client.create_run(exp_id, run_name=cell, tags={"cell": cell}).info.run_id
+            params = [Param(k, str(row[k])) for k in PARAMS if k in row]
+        metrics = [Metric(k, float(row[k]), ts, 0) for k in METRICS
+                   if row.get(k) is not None and not (isinstance(row[k], float) and math.isnan(row[k]))]
+        tags = [RunTag("git_commit", commit), RunTag("status", str(row["status"])),
+                RunTag("gfid_protocol", str(row.get("gfid_protocol"))), RunTag("rfid_protocol", str(row.get("rfid_protocol")))]
+        tags += [RunTag(k, str(v)) for k, v in row.items() if k.endswith("_id")]
+        if row.get("reason"):
+            tags.append(RunTag("reason", str(row["reason"])[:4000]))
+        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        state = {"done": "FINISHED", "failed": "FAILED", "diverged": "FAILED"}.get(row["status"])
+        if state:
+            client.set_terminated(run_id, state)
+    return len(df)

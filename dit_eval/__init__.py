@@ -1,0 +1,1 @@
+"""dit_eval: the fixed downstream protocol (latents, DiT, flow matching, sampling, Fréchet distance)."""

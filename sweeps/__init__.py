@@ -1,0 +1,1 @@
+"""sweeps: study specs (YAML), their schema and validation, and the planner (grid → cells → stages)."""

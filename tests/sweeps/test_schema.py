@@ -1,0 +1,96 @@
+"""Bad study specs are refused before any work, with one line naming file, field, value and what is allowed."""
+import textwrap
+
+import pytest
+
+from cluster.cli import main as cli
+from sweeps.errors import SpecError
+from sweeps.schema import load_study, study_path
+
+GOOD = """
+name: ok
+grid:
+  recipe: [ae, clip_ssl_ae]
+  encoder: [tiny]
+  data_size: [0]
+  budget_flops: [1.0e12]
+  seed: [0, 1]
+tokenizer: {batch_size: 16}
+dit: {steps: 10}
+"""
+
+BAD = [  # (yaml, substrings the one-line error must contain)
+    ("grid: {recipe: [ae]}\nfoo: 1\n", ["unknown key 'foo'", "allowed:", "grid"]),
+    ("grid: {recipe: [ae], colour: [red]}\n", ["grid", "unknown key 'colour'", "allowed:", "budget_flops"]),
+    ("grid: {recipe: []}\n", ["grid.recipe", "empty list"]),
+    ("grid: {recipe: [vqgan]}\n", ["grid.recipe[0]", "'vqgan'", "allowed:", "clip_ssl_ae"]),
+    ("grid: {encoder: [XXL]}\n", ["grid.encoder[0]", "'XXL'", "allowed:"]),
+    ("grid: {budget_flops: [lots]}\n", ["grid.budget_flops[0]", "expected a number", "'lots'"]),
+    ("grid: {seed: [0.5]}\n", ["grid.seed[0]", "expected an integer", "0.5"]),
+    ("grid: {budget_flops: [-1.0e12]}\n", ["grid.budget_flops[0]", "must be > 0"]),
+    ("tokenizer: {batch_size: big}\n", ["tokenizer.batch_size", "expected an integer", "'big'"]),
+    ("tokenizer: {recipe: ae}\n", ["tokenizer.recipe", "set by the grid"]),
+    ("tokenizer: {lr: 0}\n", ["tokenizer.lr", "must be > 0"]),
+    ("tokenizer: {rec_fraction: 2.0}\n", ["tokenizer.rec_fraction", "(0, 1]", "2.0"]),
+    ("dit: {size: giant}\n", ["dit.size", "'giant'", "allowed:"]),
+    ("dit: {ema: [0.9]}\n", ["dit.ema", "expected a number"]),
+    ("data: {dataset: cifar}\n", ["data.dataset", "'cifar'", "fashion_mnist"]),
+    ("data: {dataset: imagefolder}\n", ["data.path", "required"]),
+    ("sample: {sampler: dopri5}\n", ["sample.sampler", "'dopri5'", "euler"]),
+    ("grid: [1, 2]\n", ["grid", "expected a mapping"]),
+    ("- just\n- a list\n", ["expected a mapping"]),
+    ("grid: {recipe: [ae\n", ["not valid YAML"]),
+    ("data: {image_size: 30}\n", ["data.image_size", "multiple of tokenizer.patch"]),
+    ("grid: {recipe: [ae, ae]}\n", ["grid.recipe", "duplicate"]),
+]
+
+
+@pytest.mark.parametrize("text,needles", BAD, ids=[b[1][0] for b in BAD])
+def test_bad_spec_refused_with_one_line(write_study, text, needles):
+    path = write_study(text)
+    with pytest.raises(SpecError) as err:
+        load_study(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(path) in msg
+    for n in needles:
+        assert n in msg, (n, msg)
+
+
+def test_cli_exit_code_2_and_one_line(write_study, capsys, tmp_path):
+    path = write_study("grid: {recipe: [vqgan]}\n")
+    assert cli(["--results", str(tmp_path / "r"), "sweep", str(path), "--dry"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "vqgan" in err
+    assert not (tmp_path / "r").exists(), "nothing may be written for a refused spec"
+
+
+def test_unknown_study_name_lists_studies(capsys):
+    with pytest.raises(SpecError, match="studies: .*demo"):
+        study_path("nosuchstudy")
+
+
+def test_unknown_executor_refused(capsys, tmp_path):
+    assert cli(["--results", str(tmp_path), "sweep", "demo", "--executor", "kubernetes"]) == 2
+    assert "allowed: local, slurm, ray" in capsys.readouterr().err
+
+
+def test_impossible_budget_refused(write_study):
+    from sweeps.plan import plan
+
+    path = write_study(GOOD.replace("[1.0e12]", "[10.0]"))
+    with pytest.raises(SpecError, match=r"grid.budget_flops: 10 is less than one training step"):
+        plan(load_study(path))
+
+
+def test_good_spec_loads(write_study):
+    s = load_study(write_study(GOOD))
+    assert s.name == "ok" and s.n_cells == 4
+    assert s.tokenizer.batch_size == 16 and s.dit.steps == 10
+    assert s.latents.data == s.eval_data
+
+
+@pytest.mark.parametrize("name", ["demo", "params", "data", "flops", "recipes"])
+def test_shipped_studies_load(name):
+    s = load_study(study_path(name))
+    assert s.name == name and s.n_cells >= 2
