@@ -12,7 +12,11 @@ export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 SWEEP_FLAGS := --executor $(EXECUTOR) $(if $(DRY),--dry,) $(if $(DEVICE),--device $(DEVICE),)
 CLI := $(PY) -m cluster --results $(RESULTS)
 
-.PHONY: help install demo test sweep status collect report bench clean-results
+A ?= ae
+B ?= clip_ssl_ae
+KILLS ?= 10
+
+.PHONY: help install demo test sweep status collect report compare faults mlflow-ui bench clean-results
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +52,17 @@ collect: install ## build results/<study>/runs.parquet (+ MLflow index): SCALE=<
 report: install ## plots + results/<study>/report.html: SCALE=<study>
 	$(CLI) collect $(SCALE) --no-mlflow
 	$(PY) -m analysis report --table $(RESULTS)/$(SCALE)/runs.parquet --out $(RESULTS)/$(SCALE)
+
+compare: install ## compute multiplier between two recipes' fitted laws: SCALE=<study> A=ae B=clip_ssl_ae
+	$(CLI) collect $(SCALE) --no-mlflow
+	$(PY) -m analysis compare --table $(RESULTS)/$(SCALE)/runs.parquet $(A) $(B)
+
+faults: install ## SIGKILL the sweep driver KILLS times at random moments; the final table must equal an uninterrupted run
+	$(PY) -m cluster.faults $(SCALE) --kills $(KILLS) --workdir $(RESULTS)/faults-$(SCALE)
+
+mlflow-ui: install ## browse the MLflow index on http://127.0.0.1:5000 (local only)
+	@$(PY) -c "import mlflow.server" 2>/dev/null || .venv/bin/pip install -q "mlflow>=2.10,<4"
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: install ## benchmarks with ratios against references measured in the same run
 	$(PY) -m bench

@@ -25,6 +25,12 @@ sample: {{n_samples: 64, steps: 5, shard_size: 32, batch_size: 32}}
 
 
 @pytest.fixture
+def micro_study():
+    """A 2-cell study small enough for CI; `{budget}` is filled in by the test."""
+    return MICRO_STUDY
+
+
+@pytest.fixture
 def write_study(tmp_path):
     def _write(text: str, name: str = "study.yaml"):
         p = tmp_path / name
