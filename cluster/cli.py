@@ -46,26 +46,28 @@ def print_dry_run(p, store, out=sys.stdout) -> None:
     from sweeps.ids import fmt_num
     from sweeps.plan import CELL_STAGES
 
-    console = Console(file=out, width=max(220, Console().width), soft_wrap=False)
+    console = Console(file=out, width=max(200, Console().width), soft_wrap=False)
     s = p.study
     t = Table(title=f"study {s.name}: {len(p.cells)} cells, {len(p.stages)} distinct stages "
-                    f"(time at {fmt_num(s.estimate.throughput_flops)} FLOP/s)", show_lines=False)
+                    f"(times assume {fmt_num(s.estimate.throughput_flops)} FLOP/s: estimate.throughput_flops)")
     for col in ("cell", "recipe", "encoder", "enc params", "data", "budget", "steps", "tok FLOPs", "DiT FLOPs",
-                *[f"t {k}" for k in CELL_STAGES], "done", "stage ids (pretrain probe latents dit sample fid)"):
+                *[f"t {k}" for k in CELL_STAGES], "done"):
         t.add_column(col, no_wrap=True)
     for c in p.cells:
         sts = [p.stages[c.stages[k]] for k in CELL_STAGES]
         done = sum(store.is_done(x.id) for x in sts)
         t.add_row(c.id, c.recipe, c.encoder, f"{c.encoder_params / 1e6:.2f}M", fmt_num(c.data_size) if c.data_size else "all",
                   fmt_num(c.budget_flops), str(c.steps), fmt_num(c.tokenizer_flops), fmt_num(c.dit_flops),
-                  *[_fmt_s(x.seconds) for x in sts], f"{done}/{len(sts)}",
-                  " ".join(x.id for x in sts))
+                  *[_fmt_s(x.seconds) for x in sts], f"{done}/{len(sts)}")
     console.print(t)
-    shared = [st for st in p.stages.values() if st.kind in ("extractor", "refstats")]
-    for st in shared:
-        console.print(f"shared stage {st.id}: {store.state(st.id)}")
+    print("stage ids per cell (" + " ".join(CELL_STAGES) + "):", file=out)
+    for c in p.cells:
+        print(f"  {c.id}: " + " ".join(c.stages[k] for k in CELL_STAGES), file=out)
+    for st in p.stages.values():
+        if st.kind in ("extractor", "refstats"):
+            print(f"shared stage {st.id}: {store.state(st.id)}", file=out)
     total = sum(st.seconds for st in p.stages.values() if not store.is_done(st.id))
-    console.print(f"estimated time for the remaining stages: {_fmt_s(total)} (serial, one device)")
+    print(f"estimated time for the remaining stages: {_fmt_s(total)} (serial, one device)", file=out)
 
 
 def cmd_plan(args) -> int:
