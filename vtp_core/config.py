@@ -86,6 +86,12 @@ class TokenizerConfig:
     lpips_sha256: str = ""  # sha256 of the VGG16 LPIPS weights (versioned: identifies the loss)
     lpips_weights: str = unversioned("")  # path to those weights (a path: not versioned)
     compile: bool = unversioned(False)  # torch.compile the model (CUDA only)
+    # stage 2 (GAN decoder fine-tuning, encoder frozen; METHOD.md §2.2 UNKNOWN -> VA-VAE/LDM priors)
+    stage2_lr: float = 1e-4  # decoder and discriminator AdamW lr (constant)
+    disc_start: int = 0  # stage-2 step at which the GAN term switches on (VA-VAE: 5001)
+    disc_weight: float = 0.5  # scales the adaptive GAN weight (LDM LPIPSWithDiscriminator)
+    disc_layers: int = 3  # PatchGAN depth
+    disc_channels: int = 64  # PatchGAN base width
     ckpt_every: int = unversioned(50)
     log_every: int = unversioned(10)
     num_workers: int = unversioned(0)

@@ -1,0 +1,82 @@
+"""Data contracts: Fashion-MNIST shapes, nested deterministic subsets, one pixel convention, views, batches."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from vtp_core.batches import CaptionTable, make_batch, mask_tensors, sample_indices
+from vtp_core.config import DataConfig, TokenizerConfig
+from vtp_core.data import CLASS_NAMES, caption, load_split, load_train, normalize, subset_indices, to_uint8
+from vtp_core.data.views import block_masks, multi_crop
+from vtp_core.models.text import tokenize
+from vtp_core.runtime import StageError
+
+
+def test_fashion_mnist_split_shapes():
+    imgs, labels = load_split(DataConfig(), "test")
+    assert imgs.shape == (10_000, 32, 32, 3) and imgs.dtype == np.uint8
+    assert labels.shape == (10_000,) and set(np.unique(labels)) == set(range(10))
+    assert (imgs[:, :2] == 0).all()  # 28 -> 32 zero padding
+    small, _ = load_split(DataConfig(image_size=16), "test")
+    assert small.shape == (10_000, 16, 16, 3)
+
+
+def test_missing_dataset_is_one_line_error(tmp_path):
+    with pytest.raises(StageError, match="apt-get install dataset-fashion-mnist") as err:
+        load_split(DataConfig(path=str(tmp_path)), "train")
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_subsets_nested_and_deterministic():
+    a, b = subset_indices(1000, 100, 7), subset_indices(1000, 300, 7)
+    assert (b[:100] == a).all() and len(set(b)) == 300
+    assert (subset_indices(1000, 100, 7) == a).all()
+    assert not (subset_indices(1000, 100, 8) == a).all()
+    small, _ = load_train(DataConfig(n_train=50))
+    big, _ = load_train(DataConfig(n_train=500))
+    assert {x.tobytes() for x in small} <= {x.tobytes() for x in big}
+
+
+def test_pixel_round_trip_is_exact():
+    u = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    x = normalize(u)
+    assert x.shape == (4, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
+    assert (to_uint8(x) == u).all()
+    assert to_uint8(torch.full((1, 3, 2, 2), 5.0)).max() == 255
+
+
+def test_captions_and_bpe():
+    assert caption(9, 0) == "a photo of a ankle boot."
+    ids = tokenize(["a photo of a bag."], 16)
+    assert ids.shape == (1, 16) and ids[0, 0] == 49406 and ids.max() == 49407
+
+
+def test_views_and_masks():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 32, 32) * 2 - 1
+    glob, loc = multi_crop(x, g, 24, 16, 3, (0.32, 1.0), (0.05, 0.32))
+    assert glob.shape == (10, 3, 24, 24) and loc.shape == (15, 3, 16, 16)
+    m = block_masks(40, 6, 6, g, (0.1, 0.5), 0.5)
+    frac = m.float().mean(1)
+    assert (frac == 0).sum() == 20 and frac.max() <= 0.5 + 1e-6 and frac[frac > 0].min() >= 0.1 - 1 / 36
+    t = mask_tensors(m)
+    assert len(t["mask_idx"]) == int(m.sum())
+    assert torch.allclose(t["mask_weight"].sum(), torch.tensor(20.0))
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    cfg = TokenizerConfig(batch_size=16)
+    imgs, labels = load_train(dataclasses.replace(cfg.data, n_train=40))
+    caps = CaptionTable(CLASS_NAMES, 16)
+    act = ("rec", "clip", "ssl")
+    a, b = make_batch(cfg, imgs, labels, 3, act, caps), make_batch(cfg, imgs, labels, 3, act, caps)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = make_batch(cfg, imgs, labels, 4, act, caps)
+    assert not torch.equal(a["clip_images"], c["clip_images"])
+    assert a["rec_images"].shape[0] == 2 and a["global_views"].shape[0] == 8
+    # epochs: every sample once per epoch, order reshuffled per epoch
+    first = np.concatenate([sample_indices(40, 16, 0, s) for s in range(5)])
+    assert sorted(first[:40]) == list(range(40)) and sorted(first[40:80]) == list(range(40))

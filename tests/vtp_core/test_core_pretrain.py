@@ -1,0 +1,114 @@
+"""Trainer contracts: exact resume after a stop, NaN guard keeps the last checkpoint, artefacts + metrics."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from vtp_core import pretrain
+from vtp_core.runtime import Diverged, Preempted, load_checkpoint
+from vtp_core.tokenizer import load_tokenizer
+
+
+class StopAfter:
+    """stop_requested() turns true once the trainer has asked `n` times (= after n steps)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+
+@pytest.mark.parametrize("recipe", ["ae", "clip_ssl_ae"])
+def test_resume_is_bit_identical(recipe, tiny_cfg, make_ctx):
+    cfg = dataclasses.replace(tiny_cfg, recipe=recipe, steps=5, ckpt_every=100)
+    full = make_ctx("full")
+    pretrain.run(cfg, full)
+    part = make_ctx("part", stop_requested=StopAfter(2))
+    with pytest.raises(Preempted):
+        pretrain.run(cfg, part)
+    assert load_checkpoint(part.ckpt_path)["step"] == 2
+    part.stop_requested = lambda: False
+    metrics = pretrain.run(cfg, part)
+    a = load_checkpoint(full.out / "tokenizer.pt")["model"]
+    b = load_checkpoint(part.out / "tokenizer.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if recipe == "clip_ssl_ae":
+        ta, tb = load_checkpoint(full.ckpt_path)["teacher"], load_checkpoint(part.ckpt_path)["teacher"]
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert metrics["steps"] == 5 and metrics["samples_seen"] == 5 * cfg.batch_size
+    assert metrics["tokenizer_flops"] == pytest.approx(5 * metrics["flops_per_step"])
+
+
+def test_nan_loss_raises_diverged_and_keeps_last_checkpoint(tiny_cfg, make_ctx, monkeypatch):
+    real = pretrain.step_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        out = real(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 4:  # step index 3
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    monkeypatch.setattr(pretrain, "step_losses", poisoned)
+    ctx = make_ctx()
+    cfg = dataclasses.replace(tiny_cfg, recipe="ae", steps=6, ckpt_every=2)
+    with pytest.raises(Diverged) as err:
+        pretrain.run(cfg, ctx)
+    assert err.value.step == 3
+    ck = load_checkpoint(ctx.ckpt_path)
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert not (ctx.out / "tokenizer.pt").exists()
+
+
+def test_artefact_loads_and_metrics_complete(tiny_cfg, make_ctx, caplog):
+    ctx = make_ctx()
+    with caplog.at_level("WARNING"):
+        m = pretrain.run(dataclasses.replace(tiny_cfg, recipe="clip_ae", steps=2), ctx)
+    assert "LPIPS term OFF" in caplog.text
+    for key in ("final_losses", "steps", "samples_seen", "flops_per_step", "tokenizer_flops", "encoder_params", "wall_s"):
+        assert key in m
+    assert set(m["final_losses"]) >= {"rec", "clip", "total"}
+    tok = load_tokenizer(ctx.out, "cpu")
+    x = torch.zeros(2, 3, 32, 32)
+    f = tok.features(x)
+    assert f["pre"].shape == (2, 64) and f["bottleneck"].shape == (2, tiny_cfg.latent_channels)
+    it = tok.image_text(x, ["a photo of a bag.", "a photo of a coat."])
+    assert it["image"].shape == it["text"].shape == (2, 64)
+
+
+def test_stage2_freezes_encoder_trains_decoder_and_resumes(tiny_cfg, make_ctx):
+    cfg = dataclasses.replace(tiny_cfg, recipe="ae", steps=2, stage2_steps=4, disc_start=1, disc_channels=8,
+                              ckpt_every=100)
+    s1 = make_ctx("s1")
+    pretrain.run(dataclasses.replace(cfg, stage2_steps=0), s1)
+    full = make_ctx("full")
+    m = pretrain.run(cfg, full)
+    assert m["stage2_final_losses"]["gan_weight"] > 0 and m["stage2_final_losses"]["d"] > 0
+    a = load_checkpoint(s1.out / "tokenizer.pt")["model"]
+    b = load_checkpoint(full.out / "tokenizer.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    part = make_ctx("part", stop_requested=StopAfter(4))  # 2 stage-1 steps, then stop in stage 2
+    with pytest.raises(Preempted):
+        pretrain.run(cfg, part)
+    part.stop_requested = lambda: False
+    pretrain.run(cfg, part)
+    c = load_checkpoint(part.out / "tokenizer.pt")["model"]
+    assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_custom_size_reloads_without_registry(tiny_cfg, make_ctx, monkeypatch):
+    from vtp_core import registry
+
+    registry.register("encoder", "test_custom", registry.ViTSize(32, 1, 2), overwrite=True)
+    ctx = make_ctx()
+    pretrain.run(dataclasses.replace(tiny_cfg, recipe="ae", encoder="test_custom", steps=1), ctx)
+    monkeypatch.delitem(registry._REGISTRY["encoder"], "test_custom")
+    tok = load_tokenizer(ctx.out)
+    assert tok.encoder.width == 32

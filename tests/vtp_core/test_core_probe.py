@@ -1,0 +1,48 @@
+"""Probe stage: metrics in range, zero-shot null with a reason for recipes without CLIP, rFID via services."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from vtp_core import pretrain, probe
+from vtp_core.config import ProbeConfig
+
+
+def test_linear_probe_separable_features():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 4
+    x = torch.randn(200, 6, generator=g) * 0.1 + torch.nn.functional.one_hot(y, 6).float()
+    assert probe.linear_probe_accuracy(x[:100], y[:100], x[100:], y[100:], 100, 0.05, 0) > 0.95
+
+
+def test_psnr():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    assert probe.psnr_uint8(a, a) == 100.0
+    assert probe.psnr_uint8(a, a + 1) == pytest.approx(20 * np.log10(255), rel=1e-6)
+
+
+@pytest.mark.parametrize("recipe", ["ae", "clip_ae"])
+def test_probe_stage_metrics(recipe, tiny_cfg, make_ctx, fid_services):
+    tok_ctx = make_ctx("pretrain")
+    pretrain.run(dataclasses.replace(tiny_cfg, recipe=recipe, steps=3), tok_ctx)
+    ctx = make_ctx("probe", inputs={"pretrain": tok_ctx.out}, services=fid_services)
+    m = probe.run(ProbeConfig(n_train=200, n_test=100, probe_epochs=5), ctx)
+    for k in ("linear_probe", "linear_probe_pre"):
+        assert 0.0 <= m[k] <= 1.0
+    assert m["linear_probe_pre"] > 0.15  # above chance (0.1) even after 3 steps
+    if recipe == "ae":
+        assert m["zero_shot"] is None and "no CLIP" in m["zero_shot_reason"]
+    else:
+        assert 0.0 <= m["zero_shot"] <= 1.0
+    assert m["rfid"]["value"] > 0 and m["rfid"]["n_samples"] == 100 and m["rfid"]["extractor"] == "randproj8"
+    assert 0 < m["psnr"] < 100
+
+
+def test_probe_without_services_records_reason(tiny_cfg, make_ctx):
+    tok_ctx = make_ctx("pretrain")
+    pretrain.run(dataclasses.replace(tiny_cfg, recipe="ae", steps=1), tok_ctx)
+    m = probe.run(ProbeConfig(n_train=50, n_test=20, probe_epochs=1), make_ctx("probe", inputs={"pretrain": tok_ctx.out}))
+    assert m["rfid"]["value"] is None and m["rfid"]["reason"]

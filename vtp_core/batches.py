@@ -1,0 +1,97 @@
+"""Training batches as a pure function of (seed, step): sample order, sub-batches, views, masks, captions.
+
+Why: exact resume needs no data-loader state beyond the step counter. Sample order walks
+epoch-wise permutations seeded by (seed, epoch); every random draw of step s (subsets, crops, masks,
+caption templates) comes from a generator seeded by (seed, s).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vtp_core.config import TokenizerConfig
+from vtp_core.distributed import shard
+from vtp_core.data import TEMPLATES, caption, class_names, load_train_captions, normalize
+from vtp_core.data.views import block_masks, multi_crop
+from vtp_core.models.text import tokenize
+
+
+def _gen(seed: int, *keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))
+
+
+def sample_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
+    """Indices of step `step`: positions [step*batch, (step+1)*batch) of concatenated epoch permutations."""
+    start, out = step * batch, []
+    while len(out) < batch:
+        pos = start + len(out)
+        epoch, off = divmod(pos, n)
+        perm = torch.randperm(n, generator=_gen(seed, 1, epoch)).numpy()
+        out.extend(perm[off: off + batch - len(out)].tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+def sub_batch_sizes(cfg: TokenizerConfig) -> tuple[int, int]:
+    """(B_ssl, B_rec): at least 1 each (2 for SSL, KoLeo needs a neighbour)."""
+    return max(2, round(cfg.batch_size * cfg.ssl_fraction)), max(1, round(cfg.batch_size * cfg.rec_fraction))
+
+
+class CaptionTable:
+    """Class-template captions: token ids of every (template, class), computed once: (T, n_classes, ctx)."""
+
+    def __init__(self, names: tuple[str, ...], context_length: int):
+        caps = [caption(c, t, names) for t in range(len(TEMPLATES)) for c in range(len(names))]
+        self.ids = tokenize(caps, context_length).view(len(TEMPLATES), len(names), context_length)
+
+    def __call__(self, idx: np.ndarray, labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        t = torch.randint(0, self.ids.shape[0], (labels.shape[0],), generator=g)
+        return self.ids[t, labels]
+
+
+class CaptionList:
+    """Per-image captions (user data), tokenised per batch."""
+
+    def __init__(self, captions: list[str], context_length: int):
+        self.captions, self.context_length = captions, context_length
+
+    def __call__(self, idx: np.ndarray, labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return tokenize([self.captions[i] for i in idx], self.context_length)
+
+
+def caption_source(data_cfg, context_length: int) -> CaptionTable | CaptionList:
+    """Templates over class names for labelled data (Fashion-MNIST), the files' captions otherwise."""
+    caps = load_train_captions(data_cfg)
+    return CaptionTable(class_names(data_cfg), context_length) if caps is None else CaptionList(caps, context_length)
+
+
+def make_batch(cfg: TokenizerConfig, images: np.ndarray, labels: np.ndarray, step: int, active: tuple[str, ...],
+               captions: CaptionTable | CaptionList | None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All sub-batches of one step on `device` (images float NCHW in [-1, 1]); this rank's slice under DDP."""
+    g = _gen(cfg.seed, 2, step)
+    idx = sample_indices(len(images), cfg.batch_size, cfg.seed, step)
+    x = normalize(images[idx])
+    b_ssl, b_rec = sub_batch_sizes(cfg)
+    batch: dict[str, torch.Tensor] = {}
+    rec_sel = torch.randperm(cfg.batch_size, generator=g)[:b_rec]
+    ssl_sel = torch.randperm(cfg.batch_size, generator=g)[:b_ssl]
+    if "rec" in active:
+        batch["rec_images"] = shard(x[rec_sel])
+    if "clip" in active:
+        batch["clip_images"] = shard(x)
+        batch["clip_text"] = shard(captions(idx, torch.from_numpy(labels[idx]), g))
+    if "ssl" in active:
+        glob, loc = multi_crop(shard(x[ssl_sel]), g, cfg.global_crop, cfg.local_crop, cfg.n_local_crops,
+                               tuple(cfg.global_crop_scale), tuple(cfg.local_crop_scale))
+        side = cfg.global_crop // cfg.patch
+        masks = block_masks(glob.shape[0], side, side, g, tuple(cfg.mask_ratio), cfg.mask_probability)
+        batch.update(global_views=glob, local_views=loc, **mask_tensors(masks))
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def mask_tensors(masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """masks (n, N) bool -> {'masks', 'mask_idx' flat indices, 'mask_weight' 1/(masked count of its image)}."""
+    per_img = masks.sum(1, keepdim=True).clamp(min=1).float()
+    flat = masks.flatten()
+    idx = flat.nonzero().squeeze(1)
+    weight = (1.0 / per_img).expand_as(masks).flatten()[idx]
+    return {"masks": masks, "mask_idx": idx, "mask_weight": weight}

@@ -1,0 +1,119 @@
+"""Dataset readers returning uint8 NHWC arrays + integer labels (+ captions).
+
+Fashion-MNIST comes from Debian; user data (ImageFolder / tar shards) from `data/folders.py`.
+
+Why plain arrays: the tokenizer trainer, the probe, the latent cache and the reference statistics
+all read the same images the same way; Fashion-MNIST (60k/10k, 28x28) fits in memory, is padded
+to 32x32 (or resized to `DataConfig.image_size`) and replicated to 3 channels.
+Subsets are nested: the first n indices of one permutation fixed by `subset_seed`.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vtp_core.config import DataConfig
+from vtp_core.data.captions import CLASS_NAMES
+from vtp_core.runtime import StageError
+
+FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
+DATASETS = ("fashion_mnist", "imagefolder", "tar")
+_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def fmnist_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.path or os.environ.get("VTP_FMNIST_DIR") or FMNIST_DEFAULT)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_mnist(root: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    img_f, lab_f = (Path(root) / f for f in _FILES[split])
+    for f in (img_f, lab_f):
+        if not f.is_file():
+            raise StageError(f"Fashion-MNIST file {f} not found: `apt-get install dataset-fashion-mnist` "
+                             f"or set DataConfig.path / VTP_FMNIST_DIR")
+    imgs, labels = _read_idx(img_f), _read_idx(lab_f).astype(np.int64)
+    if size >= 28 and (size - 28) % 2 == 0:
+        pad = (size - 28) // 2
+        imgs = np.pad(imgs, ((0, 0), (pad, pad), (pad, pad)))
+    else:
+        t = torch.from_numpy(imgs.copy()).float().unsqueeze(1)
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        imgs = t.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+    imgs = np.ascontiguousarray(np.repeat(imgs[..., None], 3, axis=-1))
+    imgs.setflags(write=False)
+    labels.setflags(write=False)
+    return imgs, labels
+
+
+def load_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Whole split ('train' | 'test') as (uint8 (N,S,S,3), int64 (N,)), read-only, cached."""
+    if split not in _FILES:
+        raise StageError(f"unknown split '{split}'; valid: train, test")
+    if cfg.dataset == "fashion_mnist":
+        return _fashion_mnist(str(fmnist_dir(cfg)), split, cfg.image_size)
+    ld = _folder(cfg, split)
+    return ld.images, ld.labels
+
+
+def load_captions(cfg: DataConfig, split: str) -> list[str] | None:
+    """Per-image captions of a split, or None for class-labelled data (captions come from templates)."""
+    if cfg.dataset == "fashion_mnist":
+        return None
+    return _folder(cfg, split).captions
+
+
+def class_names(cfg: DataConfig, split: str = "train") -> tuple[str, ...]:
+    """Class names for templates / zero-shot (folder names for user data)."""
+    return CLASS_NAMES if cfg.dataset == "fashion_mnist" else _folder(cfg, split).class_names
+
+
+@functools.lru_cache(maxsize=4)
+def _folder(cfg: DataConfig, split: str):
+    from vtp_core.data.folders import load_folder_split
+
+    if cfg.dataset not in DATASETS:
+        raise StageError(f"DataConfig.dataset: '{cfg.dataset}'; valid: {', '.join(DATASETS)}")
+    ld = load_folder_split(cfg, split)
+    ld.images.setflags(write=False)
+    return ld
+
+
+def subset_indices(n_total: int, n: int, seed: int) -> np.ndarray:
+    """First n (0 = all) of a fixed permutation of range(n_total): nested across n, deterministic in seed."""
+    if n < 0 or n > n_total:
+        raise StageError(f"subset size {n} not in [0, {n_total}]")
+    perm = np.random.default_rng(seed).permutation(n_total)
+    return perm[: n or n_total]
+
+
+def load_train(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The tokenizer's pre-training set: the nested subset (cfg.n_train, cfg.subset_seed) of 'train'."""
+    imgs, labels = load_split(cfg, "train")
+    idx = train_indices(cfg, len(imgs))
+    return imgs[idx], labels[idx]
+
+
+def train_indices(cfg: DataConfig, n_total: int) -> np.ndarray:
+    return np.sort(subset_indices(n_total, cfg.n_train, cfg.subset_seed))
+
+
+def load_train_captions(cfg: DataConfig) -> list[str] | None:
+    """Captions aligned with `load_train` (None for class-labelled data)."""
+    caps = load_captions(cfg, "train")
+    return None if caps is None else [caps[i] for i in train_indices(cfg, len(caps))]

@@ -1,0 +1,28 @@
+"""The one pixel convention: uint8 NHWC <-> float NCHW in [-1, 1].
+
+Why one function each way: rFID, latents, samples and reference statistics must quantise identically,
+or FIDs drift by a rounding convention rather than by the tokenizer.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def normalize(images: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 (N,H,W,3) -> float32 (N,3,H,W) in [-1, 1] on `device`."""
+    t = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    if t.dtype != torch.uint8:
+        raise TypeError(f"normalize expects uint8 NHWC images, got {t.dtype}")
+    return t.to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1] (clamped)."""
+    return x.add(1.0).mul(0.5).clamp(0.0, 1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float (N,3,H,W) in [-1, 1] -> uint8 (N,H,W,3): clamp, x255, round half up. Inverse of `normalize`."""
+    u = denormalize(x.detach().float()).mul(255.0).add(0.5).floor().to(torch.uint8)
+    return u.permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -1,0 +1,1 @@
+"""The tokenizer's networks: ViT encoder + bottleneck, pixel decoder, text tower, heads, BPE."""

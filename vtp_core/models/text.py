@@ -1,0 +1,93 @@
+"""OpenCLIP-style causal text tower and the OpenAI CLIP BPE tokenizer (no `import open_clip`).
+
+Why load the BPE by file path: the installed open-clip-torch wheel ships the vocabulary
+(`bpe_simple_vocab_16e6.txt.gz`) and a self-contained `tokenizer.py`, but importing the package
+pulls dependencies we do not have; loading that one file keeps the exact CLIP tokenisation.
+Tiny text sizes hash the BPE ids into a small embedding table (`TextSize.vocab_size`), keeping SOT/EOT
+as the two largest ids so EOT (argmax) pooling still works: with template captions collisions do not
+matter, and a 49408-row table would otherwise dominate a CPU training step.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from timm.layers import LayerNorm
+from timm.models.eva import EvaBlock
+
+from vtp_core.registry import TextSize
+from vtp_core.runtime import StageError
+
+VOCAB_SIZE = 49408
+
+
+@functools.lru_cache(maxsize=None)
+def _simple_tokenizer():
+    spec = importlib.util.find_spec("open_clip")
+    root = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if root is None or not (root / "bpe_simple_vocab_16e6.txt.gz").is_file():
+        raise StageError("CLIP BPE vocabulary open_clip/bpe_simple_vocab_16e6.txt.gz not found; "
+                         "install it with `pip install --no-deps open-clip-torch`")
+    mod_spec = importlib.util.spec_from_file_location("_vtp_open_clip_tokenizer", root / "tokenizer.py")
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.SimpleTokenizer(bpe_path=str(root / "bpe_simple_vocab_16e6.txt.gz"))
+
+
+def tokenize(texts: list[str] | str, context_length: int) -> torch.Tensor:
+    """CLIP BPE ids (N, context_length) with SOT/EOT; over-long captions are truncated, EOT kept."""
+    return _simple_tokenizer()(texts, context_length=context_length)
+
+
+class TextTower(nn.Module):
+    """Token + learned position embedding, causal pre-LN GELU blocks, final LN, EOT (argmax) pooling, projection."""
+
+    def __init__(self, size: TextSize):
+        super().__init__()
+        self.size = size
+        w = size.width
+        self.token_embedding = nn.Embedding(size.vocab_size, w)
+        self.positional_embedding = nn.Parameter(torch.empty(size.context_length, w))
+        norm = functools.partial(LayerNorm, eps=1e-5)
+        self.blocks = nn.ModuleList(
+            EvaBlock(w, size.heads, qkv_bias=True, mlp_ratio=size.mlp_ratio, num_prefix_tokens=0,
+                     act_layer=nn.GELU, norm_layer=norm)
+            for _ in range(size.depth)
+        )
+        self.ln_final = norm(w)
+        self.text_projection = nn.Parameter(torch.empty(w, size.embed_dim))
+        self._init()
+
+    def _init(self) -> None:
+        """OpenCLIP init: token 0.02, position 0.01, attn W^-0.5, proj W^-0.5 (2L)^-0.5, fc (2W)^-0.5."""
+        w, n = self.size.width, self.size.depth
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        attn_std, proj_std, fc_std = w ** -0.5, w ** -0.5 * (2 * n) ** -0.5, (2 * w) ** -0.5
+        for blk in self.blocks:
+            nn.init.normal_(blk.attn.qkv.weight, std=attn_std)
+            nn.init.normal_(blk.attn.proj.weight, std=proj_std)
+            nn.init.zeros_(blk.attn.proj.bias)
+            nn.init.normal_(blk.mlp.fc1.weight, std=fc_std)
+            nn.init.normal_(blk.mlp.fc2.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=w ** -0.5)
+
+    def fold_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        v = self.size.vocab_size
+        if v >= VOCAB_SIZE:
+            return ids
+        folded = torch.where(ids == VOCAB_SIZE - 2, v - 2, ids % (v - 2))  # SOT
+        return torch.where(ids == VOCAB_SIZE - 1, v - 1, folded)  # EOT stays the largest id
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, ctx) CLIP BPE -> text embedding (B, embed_dim), unnormalised."""
+        ids = self.fold_ids(ids)
+        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
+        for blk in self.blocks:
+            x = blk(x, is_causal=True)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
+        return x @ self.text_projection

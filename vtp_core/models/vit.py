@@ -1,0 +1,99 @@
+"""DINOv3-style ViT encoder with a linear bottleneck, and the shared RoPE transformer stack.
+
+Why this shape (METHOD.md §1.1-1.2): patch conv, one CLS token, no absolute position embedding,
+axial 2D RoPE (base 100, centred coords in [-1, 1]) on patch tokens only, pre-norm blocks with
+RMSNorm + SwiGLU + SDPA. The latent is `Linear(D->c, bias=False)` on the final-norm patch tokens,
+deterministic (no KL/noise). Blocks and RoPE are timm's (`EvaBlock`, `RotaryEmbeddingDinoV3`).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+from timm.layers import LayerNorm, RmsNormFp32, RotaryEmbeddingDinoV3, trunc_normal_
+from timm.models.eva import EvaBlock
+
+from vtp_core.registry import ViTSize
+
+
+def init_weights(module: nn.Module) -> None:
+    """trunc_normal(0.02) for Linear weights, zero biases (DINOv3 / timm ViT)."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class RopeStack(nn.Module):
+    """N pre-norm EvaBlocks sharing one axial 2D RoPE over an (h, w) token grid after `n_prefix` tokens."""
+
+    def __init__(self, size: ViTSize, norm: str, n_prefix: int, rope_base: float = 100.0):
+        super().__init__()
+        norm_layer = functools.partial(RmsNormFp32, eps=1e-5) if norm == "rms" else functools.partial(LayerNorm, eps=1e-6)
+        self.rope = RotaryEmbeddingDinoV3(size.width // size.heads, temperature=rope_base, rotate_half=True)
+        self.blocks = nn.ModuleList(
+            EvaBlock(size.width, size.heads, qkv_bias=True, mlp_ratio=size.mlp_ratio * 2 / 3, swiglu_mlp=True,
+                     swiglu_align_to=8, num_prefix_tokens=n_prefix, rotate_half=True, norm_layer=norm_layer)
+            for _ in range(size.depth)
+        )
+        self.norm = norm_layer(size.width)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        rope = self.rope.get_embed(list(hw)).to(x.device)
+        for blk in self.blocks:
+            x = blk(x, rope=rope)
+        return self.norm(x)
+
+
+class ViTEncoder(nn.Module):
+    """Image (B,3,H,W) -> final-norm tokens [CLS | patches] (B, 1+N, D); `bottleneck` maps D -> c."""
+
+    def __init__(self, size: ViTSize, patch: int, latent_channels: int, in_chans: int = 3, rope_base: float = 100.0):
+        super().__init__()
+        self.size, self.patch, self.width = size, patch, size.width
+        self.patch_embed = nn.Conv2d(in_chans, size.width, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, size.width))
+        self.mask_token = nn.Parameter(torch.zeros(1, size.width))  # iBOT: replaces masked patch embeddings
+        self.trunk = RopeStack(size, "rms", n_prefix=1, rope_base=rope_base)
+        self.bottleneck = nn.Linear(size.width, latent_channels, bias=False)
+        self.apply(init_weights)
+        bound = (1.0 / (in_chans * patch * patch)) ** 0.5
+        nn.init.uniform_(self.patch_embed.weight, -bound, bound)
+        nn.init.uniform_(self.patch_embed.bias, -bound, bound)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Final-norm tokens (B, 1+h*w, D) and the grid (h, w). `mask` (B, h*w) bool: True = masked."""
+        p = self.patch_embed(x)
+        hw = (p.shape[-2], p.shape[-1])
+        p = p.flatten(2).transpose(1, 2)
+        if mask is not None:
+            p = torch.where(mask.unsqueeze(-1), self.mask_token.to(p.dtype).unsqueeze(0), p)
+        t = torch.cat([self.cls_token.expand(p.shape[0], -1, -1).to(p.dtype), p], dim=1)
+        return self.trunk(t, hw), hw
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent (B, c, H/p, W/p): bottleneck of the final-norm patch tokens."""
+        t, (h, w) = self.tokens(x)
+        z = self.bottleneck(t[:, 1:])
+        return z.transpose(1, 2).reshape(z.shape[0], -1, h, w)
+
+
+class PixelDecoder(nn.Module):
+    """Latent (B,c,h,w) -> pixels (B,3,h*p,w*p): 1x1 conv, RoPE ViT (LayerNorm), 1x1 conv, PixelShuffle."""
+
+    def __init__(self, size: ViTSize, patch: int, latent_channels: int, out_chans: int = 3, rope_base: float = 100.0):
+        super().__init__()
+        self.conv_in = nn.Conv2d(latent_channels, size.width, 1)
+        self.stack = RopeStack(size, "layer", n_prefix=0, rope_base=rope_base)
+        self.conv_out = nn.Conv2d(size.width, out_chans * patch * patch, 1)
+        self.shuffle = nn.PixelShuffle(patch)
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, w = z.shape[-2:]
+        t = self.conv_in(z).flatten(2).transpose(1, 2)
+        t = self.stack(t, (h, w))
+        t = t.transpose(1, 2).reshape(t.shape[0], -1, h, w)
+        return self.shuffle(self.conv_out(t))

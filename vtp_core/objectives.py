@@ -1,0 +1,101 @@
+"""One VTP training step's losses: the exact computation that both the trainer and the FLOPs counter run.
+
+Why shared: the FLOPs convention (CONTRACTS.md) counts "the exact training step"; keeping the
+forward of every objective in one function means the count cannot drift from what is trained.
+The three objectives are separate forward passes over their own sub-batches (METHOD.md §3):
+CLIP on the whole batch, SSL multi-crop (student + EMA teacher) on one subset, reconstruction on another.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from vtp_core.config import TokenizerConfig
+from vtp_core.distributed import gather_with_grad
+from vtp_core.losses import DINOCenter, clip_loss, dino_loss, ibot_loss, koleo_loss, reconstruction_loss
+from vtp_core.tokenizer import Tokenizer
+
+OBJECTIVES = ("rec", "clip", "ssl")
+
+
+class Teacher(nn.Module):
+    """EMA copy of the student's encoder (+ bottleneck) and DINO head, plus the DINO/iBOT centers."""
+
+    def __init__(self, model: Tokenizer):
+        super().__init__()
+        self.encoder = copy.deepcopy(model.encoder)
+        self.dino_head = copy.deepcopy(model.dino_head)
+        k = model.cfg.dino_prototypes
+        self.dino_center = DINOCenter(k, model.cfg.center_momentum)
+        self.ibot_center = DINOCenter(k, model.cfg.center_momentum)
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: Tokenizer, momentum: float) -> None:
+        """θ_t <- m·θ_t + (1-m)·θ_s over encoder and head."""
+        t_params = list(self.encoder.parameters()) + list(self.dino_head.parameters())
+        s_params = list(model.encoder.parameters()) + list(model.dino_head.parameters())
+        torch._foreach_lerp_(t_params, [p.detach() for p in s_params], 1.0 - momentum)
+
+
+def active_objectives(model: Tokenizer) -> tuple[str, ...]:
+    return tuple(o for o in OBJECTIVES if o == "rec" or (o == "clip" and model.lambda_clip)
+                 or (o == "ssl" and model.lambda_ssl))
+
+
+def step_losses(model: Tokenizer, teacher: Teacher | None, batch: dict[str, torch.Tensor], teacher_temp: float,
+                objectives: tuple[str, ...] | None = None, lpips: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Loss tensors of one step; 'total' = λ_rec·rec + λ_ssl·ssl + λ_clip·clip over `objectives`."""
+    cfg: TokenizerConfig = model.cfg
+    objectives = active_objectives(model) if objectives is None else objectives
+    out: dict[str, torch.Tensor] = {}
+    total = 0.0
+    if "rec" in objectives:
+        x = batch["rec_images"]
+        out.update(reconstruction_loss(model.decode(model.encode(x)), x, lpips, cfg.lambda_lpips))
+        total = total + cfg.lambda_rec * out["rec"]
+    if "clip" in objectives:
+        t, _ = model.encoder.tokens(batch["clip_images"])
+        img = model.visual_proj(model.head_input(t[:, 0]))
+        txt = model.text(batch["clip_text"])
+        out["clip"] = clip_loss(gather_with_grad(img), gather_with_grad(txt), model.logit_scale, cfg.logit_scale_max)
+        total = total + model.lambda_clip * out["clip"]
+    if "ssl" in objectives:
+        out.update(_ssl_losses(model, teacher, batch, teacher_temp))
+        total = total + model.lambda_ssl * out["ssl"]
+    out["total"] = total
+    return out
+
+
+def _ssl_losses(model: Tokenizer, teacher: Teacher, batch: dict[str, torch.Tensor], teacher_temp: float):
+    cfg = model.cfg
+    glob, loc = batch["global_views"], batch["local_views"]
+    mask_idx, mask_w = batch["mask_idx"], batch["mask_weight"]  # flat indices into (2B*N) patches
+    with torch.no_grad():
+        t_tok, _ = teacher.encoder.tokens(glob)
+        t_in = teacher.encoder.bottleneck(t_tok) if cfg.heads_read == "bottleneck" else t_tok
+        t_cls = teacher.dino_head(t_in[:, 0])
+        t_patch = teacher.dino_head(t_in[:, 1:].flatten(0, 1).index_select(0, mask_idx))
+        t_cls_p = teacher.dino_center.teacher_probs(t_cls, teacher_temp)
+        t_patch_p = teacher.ibot_center.teacher_probs(t_patch, teacher_temp)
+    s_tok, _ = model.encoder.tokens(glob, mask=batch["masks"])
+    s_in = model.head_input(s_tok)
+    s_cls = model.dino_head(s_in[:, 0])
+    s_patch = model.dino_head(s_in[:, 1:].flatten(0, 1).index_select(0, mask_idx))
+    if cfg.n_local_crops:
+        l_tok, _ = model.encoder.tokens(loc)
+        s_loc = model.dino_head(model.head_input(l_tok[:, 0]))
+    else:
+        s_loc = s_cls[:0]
+    out = {
+        "dino": dino_loss(s_cls, s_loc, t_cls_p, cfg.n_local_crops, cfg.student_temp),
+        "ibot": ibot_loss(s_patch, t_patch_p, mask_w, glob.shape[0], cfg.student_temp),
+        "koleo": sum(koleo_loss(c) for c in s_in[:, 0].chunk(2)),
+    }
+    out["ssl"] = out["dino"] + out["ibot"] + cfg.koleo_weight * out["koleo"]
+    if torch.is_grad_enabled() and glob.device.type != "meta":
+        teacher.dino_center.update(t_cls)
+        teacher.ibot_center.update(t_patch)
+    return out

@@ -1,0 +1,169 @@
+"""Stage 1 of VTP: joint pre-training of the tokenizer (reconstruction + CLIP + DINOv2-style SSL),
+then the optional stage 2 (GAN decoder fine-tuning, `vtp_core.stage2`).
+
+Read top to bottom like DiT's train.py. Each step draws one batch (a pure function of seed and step):
+the whole batch feeds CLIP, random subsets of batch·ssl_fraction and batch·rec_fraction feed the SSL
+multi-crop and the reconstruction; one AdamW step on λ_rec·L_rec + λ_ssl·L_ssl + λ_clip·L_clip
+(METHOD.md §2.5, §3), then the EMA teacher update. Checkpoints hold everything needed for a
+bit-identical resume on CPU. A non-finite loss raises `Diverged` before the step touches the weights.
+With WORLD_SIZE > 1 it runs data-parallel (`vtp_core.distributed`); rank 0 writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vtp_core import distributed, flops, stage2
+from vtp_core.batches import caption_source, make_batch, sub_batch_sizes
+from vtp_core.config import TokenizerConfig
+from vtp_core.data import load_train
+from vtp_core.losses.lpips import load_lpips
+from vtp_core.objectives import Teacher, active_objectives, step_losses
+from vtp_core.registry import count_params
+from vtp_core.runtime import (Diverged, Preempted, StageContext, atomic_torch_save, load_checkpoint,
+                              rng_state, seed_everything, set_rng_state)
+from vtp_core.schedules import ema_momentum_at, lr_at, teacher_temp_at
+from vtp_core.tokenizer import Tokenizer, tokenizer_payload
+
+NO_DECAY = ("cls_token", "mask_token", "positional_embedding", "logit_scale", "prototypes")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, tokens, position embeddings, the logit scale, DINO prototypes."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.split(".")[-1] in NO_DECAY else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def maybe_compile(model: Tokenizer, cfg: TokenizerConfig, ctx: StageContext) -> None:
+    """In-place `Module.compile` of the towers (state-dict keys unchanged); CUDA only."""
+    if not cfg.compile:
+        return
+    if torch.device(ctx.device).type != "cuda":
+        ctx.log.warning("pretrain: compile=True ignored on %s (CUDA only)", ctx.device)
+        return
+    for name in ("encoder", "decoder", "text"):
+        if hasattr(model, name):
+            getattr(model, name).compile()
+
+
+def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
+    t_start, log = time.time(), ctx.log
+    device = torch.device(distributed.setup(ctx.device))
+    cuda = device.type == "cuda"
+    seed_everything(cfg.seed)
+    model = Tokenizer(cfg).to(device)
+    teacher = Teacher(model).to(device) if model.lambda_ssl else None
+    lpips = load_lpips(cfg, log, device)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                            fused=cuda or None)
+    s2 = stage2.Stage2(model, cfg, device) if cfg.stage2_steps > 0 else None
+    images, labels = load_train(cfg.data)
+    active = active_objectives(model)
+    captions = caption_source(cfg.data, model.text.size.context_length) if "clip" in active else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    step, wall_before, window, s2_losses = 0, 0.0, {}, {}
+    if ctx.ckpt_path.is_file():
+        ck = load_checkpoint(ctx.ckpt_path)
+        model.load_state_dict(ck["model"])
+        if teacher is not None:
+            teacher.load_state_dict(ck["teacher"])
+        opt.load_state_dict(ck["optimizer"])
+        if s2 is not None and ck.get("stage2"):
+            s2.load_state_dict(ck["stage2"])
+        set_rng_state(ck["rng"])
+        step, wall_before, window = ck["step"], ck["wall_s"], ck["loss_window"]
+        log.info("pretrain: resumed from %s at step %d (stage 2 step %d)", ctx.ckpt_path, step, s2.step if s2 else 0)
+    maybe_compile(model, cfg, ctx)
+
+    def save() -> None:
+        if not distributed.is_main():
+            return distributed.barrier()
+        atomic_torch_save({"model": model.state_dict(), "teacher": teacher.state_dict() if teacher else {},
+                           "optimizer": opt.state_dict(), "stage2": s2.state_dict() if s2 else {}, "scaler": {},
+                           "step": step, "rng": rng_state(), "samples_seen": step * cfg.batch_size,
+                           "wall_s": wall_before + time.time() - t_start, "loss_window": window}, ctx.ckpt_path)
+        distributed.barrier()
+
+    # ------------------------------------------------------------------ stage 1
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not ctx.progress, leave=False)
+    model.train()
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        batch = make_batch(cfg, images, labels, step, active, captions, device)
+        with autocast:
+            losses = step_losses(model, teacher, batch, teacher_temp_at(cfg, step), active, lpips)
+        total = losses["total"]
+        check = distributed.mean_across(total.detach())  # every rank takes the same branch
+        if not torch.isfinite(check):
+            raise Diverged(step, float(check))
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        distributed.average_gradients(model.parameters())
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        if not torch.isfinite(grad_norm):
+            raise Diverged(step, float(grad_norm))
+        opt.step()
+        if teacher is not None:
+            teacher.update(model, ema_momentum_at(cfg, step))
+        step += 1
+        window = {k: (window.get(k, []) + [float(v.detach())])[-cfg.log_every:] for k, v in losses.items()}
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            means = {k: sum(v) / len(v) for k, v in window.items()}
+            bar.set_postfix(loss=f"{means['total']:.4f}")
+            log.info("pretrain step %d/%d %s", step, cfg.steps, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
+            ctx.heartbeat({"step": step, "steps": cfg.steps, "loss": means["total"]})
+        stop = distributed.any_across(ctx.stop_requested())
+        if step % cfg.ckpt_every == 0 or stop:
+            save()
+            if stop and step < cfg.steps:
+                bar.close()
+                raise Preempted(f"pretrain stopped at step {step}; checkpoint {ctx.ckpt_path}")
+    bar.close()
+    save()
+
+    # ------------------------------------------------------------------ stage 2 (optional)
+    if s2 is not None and s2.step < cfg.stage2_steps:
+        def on_step(l2: dict) -> None:
+            if s2.step % cfg.log_every == 0 or s2.step == cfg.stage2_steps:
+                log.info("stage2 step %d/%d %s", s2.step, cfg.stage2_steps, " ".join(f"{k}={v:.4f}" for k, v in l2.items()))
+                ctx.heartbeat({"stage2_step": s2.step, "stage2_steps": cfg.stage2_steps, "loss": l2["rec"]})
+
+        s2_losses = stage2.train(model, s2, cfg, ctx, (images, labels), lpips, save, on_step)
+        save()
+
+    if distributed.is_main():
+        atomic_torch_save(tokenizer_payload(model), Path(ctx.out) / "tokenizer.pt")
+    distributed.barrier()
+    step_flops = flops.train_step_flops(cfg)
+    b_ssl, b_rec = sub_batch_sizes(cfg)
+    return {
+        "final_losses": {k: sum(v) / len(v) for k, v in window.items()},
+        "stage2_final_losses": s2_losses or None,
+        "steps": cfg.steps,
+        "stage2_steps": cfg.stage2_steps,
+        "samples_seen": cfg.steps * cfg.batch_size,
+        "batch": {"clip": cfg.batch_size if "clip" in active else 0, "ssl": b_ssl if "ssl" in active else 0,
+                  "rec": b_rec},
+        "flops_per_step": step_flops["total"],
+        "flops_by_component": step_flops["by_component"],
+        "tokenizer_flops": cfg.steps * step_flops["total"],  # stage 1 only (the scaling axis)
+        "stage2_flops": cfg.stage2_steps * flops.stage2_step_flops(cfg) if cfg.stage2_steps else 0.0,
+        "encoder_params": flops.encoder_params(cfg),
+        "total_params": count_params(model),
+        "lpips": lpips is not None,
+        "wall_s": wall_before + time.time() - t_start,
+        "device": str(device),
+        "world_size": distributed.world_size(),
+    }
