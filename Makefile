@@ -7,6 +7,9 @@ DRY     ?=
 DEVICE  ?=
 RESULTS ?= results
 export DEVICE
+ifneq ($(wildcard /tmp/vtp-slurm/slurm.conf),)
+export SLURM_CONF ?= /tmp/vtp-slurm/slurm.conf
+endif
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
 SWEEP_FLAGS := --executor $(EXECUTOR) $(if $(DRY),--dry,) $(if $(DEVICE),--device $(DEVICE),)
@@ -16,7 +19,7 @@ A ?= ae
 B ?= clip_ssl_ae
 KILLS ?= 10
 
-.PHONY: help install demo test sweep status collect report compare faults mlflow-ui bench clean-results
+.PHONY: help install demo test sweep status collect report compare faults mlflow-ui bench slurm-up slurm-down clean-results
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -66,6 +69,12 @@ mlflow-ui: install ## browse the MLflow index on http://127.0.0.1:5000 (local on
 
 bench: install ## benchmarks with ratios against references measured in the same run
 	$(PY) -m bench
+
+slurm-up: ## install (Debian) and start a one-node SLURM on this machine (for EXECUTOR=slurm tests/demos)
+	./scripts/slurm_local.sh up
+
+slurm-down: ## stop the one-node SLURM by its PID files
+	./scripts/slurm_local.sh down
 
 clean-results: ## delete results/ (outputs only)
 	find $(RESULTS) -mindepth 1 ! -name README.md -delete

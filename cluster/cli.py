@@ -21,6 +21,9 @@ def _load(scale: str):
     from sweeps.schema import load_study, study_path
 
     study = load_study(study_path(scale))
+    from cluster.slurm import validate_resources
+
+    validate_resources(study.resources, where=f"{study.path}: resources")  # a typo stops before any work
     return plan(study)
 
 
@@ -83,15 +86,30 @@ def cmd_sweep(args) -> int:
     store = _store(args)
     if args.dry:
         print_dry_run(p, store)
+        if args.executor == "slurm":
+            from cluster.slurm import submit_slurm
+
+            submit_slurm(p, store, device=args.device, dry_run=True)
         return 0
-    if args.executor != "local":
-        raise SpecError(f"EXECUTOR={args.executor}: not available yet in this version (allowed now: local)")
+    if args.executor == "slurm":  # fire and forget: the stage folders are the truth
+        from cluster.slurm import submit_slurm
+
+        sub = submit_slurm(p, store, device=args.device)
+        print(f"sweep {p.study.name}: {sub.summary()}; code {sub.code_dir} (commit {sub.commit})")
+        print(f"follow it with `make status SCALE={args.scale}`; when done, `make collect SCALE={args.scale}`")
+        return 0
     from cluster import collect
-    from cluster.local import run_local
 
     t0 = time.time()
     print(f"sweep {p.study.name}: {len(p.cells)} cells, {len(p.stages)} stages -> {store.root}/stages/", flush=True)
-    counts = run_local(p, store, device=args.device, progress=not args.no_progress)
+    if args.executor == "ray":
+        from cluster.ray_exec import run_ray
+
+        counts = run_ray(p, store, device=args.device)
+    else:
+        from cluster.local import run_local
+
+        counts = run_local(p, store, device=args.device, progress=not args.no_progress)
     path = collect.write(p, store)
     if not args.no_mlflow:
         from cluster.tracking import log_table
@@ -107,12 +125,20 @@ def cmd_sweep(args) -> int:
 def cmd_status(args) -> int:
     from cluster.collect import status_counts
 
+    from cluster.slurm import reconcile
+
     p = _load(args.scale)
-    counts, failures = status_counts(p, _store(args))
+    store = _store(args)
+    # ask the scheduler about stages that claim to be running; OOM/TIMEOUT/... become `failed` with that reason
+    checks = [r for r in reconcile(p, store) if r["verdict"] != "alive"]
+    counts, failures = status_counts(p, store)
     print(f"study {p.study.name}: {len(p.cells)} cells, {len(p.stages)} stages")
     print(counts.to_string())
     for sid, state, reason in failures:
         print(f"{state:<9} {sid}: {reason}")
+    for r in checks:
+        if r["verdict"] in ("lost", "blocked"):
+            print(f"{r['verdict']:<9} {r['stage']}: {r['reason']}")
     return 0
 
 
