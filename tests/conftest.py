@@ -1,7 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+os.environ.setdefault("VTP_CACHE", tempfile.mkdtemp(prefix="vtp-cache-"))  # hermetic FLOPs cache
 
 import pytest  # noqa: E402
 

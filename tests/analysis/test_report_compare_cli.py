@@ -1,0 +1,108 @@
+"""analysis.compare, analysis.report and the CLI on the VTP-shaped fixture (partial table)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.cli import main
+from analysis.compare import CompareError, compare_recipes, compute_to_reach
+from analysis.fit import fit
+from analysis.report import write_report
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_compute_to_reach_matches_inverse():
+    x = np.logspace(15, 18, 10)
+    r = fit(x, 20 + 50 * (x / 1e16) ** -0.5, "offset_power", n_boot=100, extrapolate=False)
+    reach = compute_to_reach(r, 30.0)
+    assert reach.x == pytest.approx(1e16 * (10 / 50) ** (-1 / 0.5), rel=1e-3)      # 2.5e17
+    assert reach.ci[0] <= reach.x <= reach.ci[1] and reach.frac_unreachable == 0
+    below_floor = compute_to_reach(r, 15.0)
+    assert np.isinf(below_floor.x) and below_floor.frac_unreachable > 0.9
+
+
+def test_compare_recipes(table):
+    c = compare_recipes(table, "ae", "vtp", n_boot=200)
+    assert c.target == 55.04 and c.x_a == pytest.approx(5.5e18)   # AE's best: its cheapest run
+    assert c.multiplier < 1 and c.ci[0] <= c.multiplier <= c.ci[1]  # VTP overtakes AE only at ~1e19
+    assert "more tokenizer flops" in c.sentence()
+    back = compare_recipes(table, "vtp", "ae", n_boot=200)
+    assert "does not reach" in back.sentence()                    # AE never gets better with compute
+    t = table.copy()
+    t.loc[t.recipe == "ae", "gfid"] *= 0.9                        # make ae's best reachable by vtp cheaply
+    assert compare_recipes(t, "ae", "vtp", n_boot=100).multiplier > 0
+    with pytest.raises(CompareError, match="unknown recipe 'clip'"):
+        compare_recipes(table, "ae", "clip")
+
+
+def test_report_on_partial_table(table, tmp_path):
+    path = write_report(table, "fixture", tmp_path, {"git commit": "deadbeef"}, n_boot=100)
+    text = path.read_text()
+    assert 'id=provisional' in text and "PROVISIONAL" in text
+    for s in ("deadbeef", "gfid0a1b2c", "dit: CUDA OOM", "pretrain: NaN at step 812", "Fitted laws",
+              "alpha = 1.1", "needs"):
+        assert s in text, s
+    for img in re.findall(r'<img src="([^"]+)"', text):
+        assert (tmp_path / img).stat().st_size > 10_000
+    done = table[table.status == "done"].copy()
+    clean = write_report(done[done.gfid_protocol == "gfid0a1b2c"], "fixture", tmp_path / "clean", n_boot=50)
+    assert "PROVISIONAL" not in clean.read_text() and "All cells are done" in clean.read_text()
+
+
+def test_cli(table, tmp_path, capsys):
+    tp = tmp_path / "runs.parquet"
+    table.to_parquet(tp)
+    assert main(["compare", "--table", str(tp), "ae", "vtp", "--n-boot", "100"]) == 0
+    assert "vtp" in capsys.readouterr().out
+    assert main(["compare", "--table", str(tp), "ae", "nosuch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown recipe 'nosuch'") and "\n" not in err
+    assert main(["report", "--table", str(tmp_path / "missing.parquet"), "--out", str(tmp_path)]) == 2
+    assert "no such results table" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    assert main(["report", "--table", str(tmp_path / "bad.csv"), "--out", str(tmp_path)]) == 2
+    assert "missing column" in capsys.readouterr().err
+    assert main(["report", "--table", str(tp), "--out", str(tmp_path / "rep"), "--n-boot", "50"]) == 0
+    assert (tmp_path / "rep" / "report.html").exists()
+
+
+def test_module_exit_code_and_no_torch(tmp_path):
+    """`python -m analysis` exits 2 with one line on a missing table; nothing in analysis imports torch."""
+    code = ("import sys, runpy; sys.argv = ['analysis', 'compare', '--table', sys.argv[1], 'a', 'b']\n"
+            "import analysis.report, analysis.plots\n"
+            "try:\n    runpy.run_module('analysis', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('torch' in sys.modules, e.code)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.parquet")], capture_output=True, text=True)
+    assert r.stdout.split() == ["False", "2"], (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (Debian package `chromium`)")
+def test_report_renders_in_headless_chromium(table, tmp_path):
+    """The page is not blank and every <img> has loaded (naturalWidth > 0)."""
+    path = write_report(table, "fixture", tmp_path, {"git commit": "x"}, n_boot=50)
+    probe = tmp_path / "probe.html"
+    probe.write_text(path.read_text().replace(
+        "</body>", "<script>window.addEventListener('load',()=>{const bad=[...document.images]"
+        ".filter(i=>!i.complete||i.naturalWidth===0).length;document.title='IMGS:'+document.images.length+"
+        "':BAD:'+bad;});</script></body>"))
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--allow-file-access-from-files", "--virtual-time-budget=5000"]
+    dom = subprocess.run(base + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"<title>IMGS:(\d+):BAD:(\d+)</title>", dom)
+    assert m, dom[:500]
+    assert int(m.group(1)) >= 3 and int(m.group(2)) == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,2400", path.as_uri()],
+                   capture_output=True, timeout=120)
+    import matplotlib.image as mpimg
+    img = mpimg.imread(shot)
+    rgb = img[..., :3]
+    inked = float((rgb.min(axis=-1) < 0.9).mean())                   # share of non-white pixels
+    assert img.shape[0] > 100 and inked > 0.01 and float(rgb.std()) > 0.02, (inked, float(rgb.std()))
