@@ -1,0 +1,119 @@
+"""Micro-benchmarks of the downstream protocol's hot spots, as plain functions returning dicts
+(a `make bench` script prints them). Why: to show that our DiT is not slower than a reference
+transformer of the same shape, that the eigen-based Fréchet distance is not slower than
+scipy's sqrtm at Inception's 2048 dims, and what an extractor costs per image.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from dit_eval.flow import training_loss
+from dit_eval.frechet import frechet_distance
+from dit_eval.models import create_dit, get_size
+
+
+class TimmBlockDiT(nn.Module):
+    """Reference: timm ViT blocks (LayerNorm, GELU MLP, no adaLN/RoPE) at the same width/depth/tokens;
+    the condition is added to every token. Same call signature as our DiT."""
+
+    def __init__(self, size: str, in_chans: int, input_size: int, num_classes: int):
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        s = get_size(size)
+        self.embed = nn.Conv2d(in_chans, s.width, 1)
+        self.pos = nn.Parameter(torch.zeros(1, input_size * input_size, s.width))
+        self.t = nn.Linear(1, s.width)
+        self.y = nn.Embedding(num_classes + 1, s.width)
+        self.blocks = nn.Sequential(*[Block(s.width, s.heads) for _ in range(s.depth)])
+        self.out = nn.Linear(s.width, in_chans)
+
+    def forward(self, x, t, y):
+        b, c, h, w = x.shape
+        tok = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        tok = tok + (self.t(t[:, None].float()) + self.y(y))[:, None]
+        return self.out(self.blocks(tok)).transpose(1, 2).reshape(b, c, h, w)
+
+
+def _time_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int, warmup: int = 2) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for i in range(warmup + iters):
+        if i == warmup:
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        loss = training_loss(model, x, y, -0.5, 1.25)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters
+
+
+def bench_dit_train_step(size: str = "tiny", latent_shape=(8, 8, 8), batch_size: int = 64, iters: int = 10,
+                         device: str = "cpu") -> dict:
+    """Training images/s of our DiT vs a timm-block reference of the same shape."""
+    c, h, _ = latent_shape
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, *latent_shape, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    ours = _time_train(create_dit(size, c, h, 10).to(device), x, y, iters)
+    ref = _time_train(TimmBlockDiT(size, c, h, 10).to(device), x, y, iters)
+    return {"bench": "dit_train_step", "size": size, "latent_shape": list(latent_shape), "batch_size": batch_size,
+            "device": device, "ours_images_per_s": batch_size / ours, "timm_ref_images_per_s": batch_size / ref,
+            "ratio": ref / ours}
+
+
+def bench_frechet(dim: int = 2048, n: int = 4096, seed: int = 0) -> dict:
+    """Seconds for one Fréchet distance at `dim` (ours, eigh-based) vs pytorch-fid's scipy sqrtm."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, dim)) @ (rng.standard_normal((dim, dim)) / np.sqrt(dim))
+    b = a[: n // 2] + 0.1 * rng.standard_normal((n // 2, dim))
+    m1, s1, m2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    t0 = time.perf_counter()
+    ours = frechet_distance(m1, s1, m2, s2)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    covmean = linalg.sqrtm(s1 @ s2).real
+    ref = float((m1 - m2) @ (m1 - m2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    t_ref = time.perf_counter() - t0
+    return {"bench": "frechet", "dim": dim, "ours_s": t_ours, "scipy_sqrtm_s": t_ref, "ours": ours, "scipy": ref,
+            "rel_diff": abs(ours - ref) / max(abs(ref), 1e-12)}
+
+
+def bench_extractor(stage_dir, n_images: int = 64, image_size: int = 32, device: str = "cpu") -> dict:
+    """Images/s of a built extractor stage on random uint8 images."""
+    from dit_eval.extractors import load_extractor
+
+    ext = load_extractor(stage_dir, device)
+    imgs = np.random.default_rng(0).integers(0, 256, (n_images, image_size, image_size, 3), dtype=np.uint8)
+    ext(imgs[:2])
+    t0 = time.perf_counter()
+    ext(imgs)
+    dt = time.perf_counter() - t0
+    return {"bench": "extractor", "name": ext.name, "n_images": n_images, "images_per_s": n_images / dt}
+
+
+def rows(frechet_dim: int = 2048, extractor_dir=None) -> list[dict]:
+    """The benchmarks as `make bench` rows {bench, value, reference, ratio, ok} (bench/__main__.py format)."""
+    out = []
+    d = bench_dit_train_step()
+    out.append({"bench": f"dit {d['size']} train images/s (ref: timm ViT blocks)",
+                "value": round(d["ours_images_per_s"], 1), "reference": round(d["timm_ref_images_per_s"], 1),
+                "ratio": round(1 / d["ratio"], 3), "ok": None})
+    f = bench_frechet(dim=frechet_dim)
+    out.append({"bench": f"frechet {frechet_dim}-d seconds (ref: scipy sqrtm)", "value": round(f["ours_s"], 3),
+                "reference": round(f["scipy_sqrtm_s"], 3), "ratio": round(f["ours_s"] / f["scipy_sqrtm_s"], 3),
+                "ok": f["rel_diff"] < 1e-6})
+    if extractor_dir is not None:
+        e = bench_extractor(extractor_dir)
+        out.append({"bench": f"extractor {e['name']} images/s", "value": round(e["images_per_s"], 1),
+                    "reference": None, "ratio": None, "ok": None})
+    return out

@@ -1,0 +1,157 @@
+"""`dit` stage: train the fixed-spec class-conditional DiT with flow matching on cached latents.
+
+Why it looks like this (METHOD.md §5.3, DiT's train.py style): the whole loop is readable top to
+bottom. AdamW with a constant lr, EMA for sampling, bf16 autocast + fused AdamW only on CUDA.
+The stage must survive preemption and reach the *same* weights as an uninterrupted run (bit-identical
+on CPU), so the checkpoint holds model, EMA, optimizer, step, every RNG, the data position and the
+loss history; the data order is a pure function of (seed, epoch). A NaN/inf loss stops the run
+with `Diverged` before the bad update is applied, leaving the last good checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from dit_eval.flops import dit_train_step_flops
+from dit_eval.flow import training_loss
+from dit_eval.latents import LatentStore, load_latents, load_stats
+from dit_eval.models import count_params, create_dit
+from vtp_core.cfg import to_dict
+from vtp_core.runtime import (Diverged, Preempted, StageError, atomic_torch_save, load_checkpoint, rng_state,
+                              seed_everything, set_rng_state)
+
+
+class EpochSampler:
+    """Batches of indices from per-epoch permutations seeded by (seed, epoch): the position
+    (epoch, pos) is all a checkpoint needs to continue the exact same data order."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, pos: int = 0):
+        self.n, self.bs, self.seed, self.epoch, self.pos = n, batch_size, seed, epoch, pos
+        self._perm = self._make_perm()
+
+    def _make_perm(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+
+    def next(self) -> torch.Tensor:
+        out = []
+        need = self.bs
+        while need:
+            take = self._perm[self.pos:self.pos + need]
+            out.append(take)
+            need -= len(take)
+            self.pos += len(take)
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._make_perm()
+        return torch.cat(out)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_p = list(ema.parameters())
+    torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - decay)
+
+
+def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress: bool = False,
+              stop_requested=lambda: False, heartbeat=lambda info: None, log=None) -> dict:
+    """The stage body: `data` = a LatentStore or one dict {"latents","latents_flip","labels"};
+    `stats` = the latents' stats.pt."""
+    t0 = time.time()
+    out = Path(out)
+    ckpt_path = out / "ckpt" / "last.pt"
+    cuda = torch.device(device).type == "cuda"
+    store = data if isinstance(data, LatentStore) else LatentStore([data])
+    n, latent_shape = len(store), store.shape
+    if n == 0:
+        raise StageError("dit: the latents stage holds no latents")
+    labels_all = store.all("labels")
+    if labels_all.max().item() >= spec.num_classes or labels_all.min().item() < 0:
+        raise StageError(f"dit: labels span [{labels_all.min().item()}, {labels_all.max().item()}] but "
+                         f"num_classes={spec.num_classes}")
+    mean = stats["mean"].view(1, -1, 1, 1).to(device)
+    std = stats["std"].view(1, -1, 1, 1).to(device)
+
+    seed_everything(spec.seed)
+    model = create_dit(spec.size, latent_shape[0], latent_shape[1], spec.num_classes, spec.class_dropout).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2),
+                            weight_decay=spec.weight_decay, fused=cuda)
+    sampler = EpochSampler(n, spec.batch_size, spec.seed)
+    step, losses = 0, []
+
+    if ckpt_path.exists():  # exact resume
+        ck = load_checkpoint(ckpt_path)
+        if ck["stats_hash"] != stats["hash"]:
+            raise StageError(f"dit: checkpoint was trained with latent stats {ck['stats_hash']}, "
+                             f"latents now have {stats['hash']}; delete {ckpt_path} to restart")
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        step, losses = ck["step"], ck["losses"].tolist()
+        sampler = EpochSampler(n, spec.batch_size, spec.seed, **ck["data"])
+        set_rng_state(ck["rng"])
+
+    def save() -> None:
+        atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                           "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
+                           "data": sampler.state(), "rng": rng_state(), "stats_hash": stats["hash"]}, ckpt_path)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=spec.steps, initial=step, desc="dit", disable=not progress, leave=False)
+    model.train()
+    while step < spec.steps:
+        idx = sampler.next()
+        x1 = store.gather("latents", idx)
+        if store.has_flip:  # each sample picks its flipped latent with p = 0.5
+            flip = torch.rand(len(idx)) < 0.5
+            x1 = torch.where(flip.view(-1, 1, 1, 1), store.gather("latents_flip", idx), x1)
+        x1 = x1.to(device, non_blocking=True)
+        y = store.gather("labels", idx).to(device, non_blocking=True)
+        x1 = (x1 - mean) / std
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = training_loss(model, x1, y, spec.t_mu, spec.t_sigma)
+        loss_v = loss.item()
+        if loss_v != loss_v or abs(loss_v) == float("inf"):
+            raise Diverged(step, loss_v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema_update(ema, model, spec.ema)
+        step += 1
+        losses.append(loss_v)
+        bar.update(1)
+        if step % spec.log_every == 0 or step == spec.steps:
+            bar.set_postfix(loss=f"{loss_v:.4f}")
+            heartbeat({"step": step, "loss": loss_v})
+        if step % spec.ckpt_every == 0 and step < spec.steps:
+            save()
+        if stop_requested() and step < spec.steps:
+            save()
+            raise Preempted(f"dit: stopped at step {step}/{spec.steps}, checkpoint saved")
+    bar.close()
+    save()
+
+    atomic_torch_save({"spec": to_dict(spec), "model": model.state_dict(), "ema": ema.state_dict(),
+                       "stats_hash": stats["hash"], "latent_shape": list(latent_shape)}, out / "dit.pt")
+    step_flops = dit_train_step_flops(spec, latent_shape)
+    k = max(1, min(10, len(losses)))
+    mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+    return {"loss": losses[-1] if losses else None, "loss_start": mean(losses[:k]), "loss_end": mean(losses[-k:]),
+            "steps": step, "dit_params": count_params(model), "dit_step_flops": step_flops,
+            "dit_flops": step_flops * spec.steps, "stats_hash": stats["hash"],
+            "latent_shape": list(latent_shape), "wall_s": round(time.time() - t0, 3)}
+
+
+def run(cfg, ctx) -> dict:
+    """Stage entry: latents + verified stats from the `latents` stage."""
+    latents_dir = ctx.input("latents")
+    stats = load_stats(latents_dir)
+    return train_dit(cfg, ctx.out, load_latents(latents_dir), stats, ctx.device, ctx.progress,
+                     ctx.stop_requested, ctx.heartbeat, ctx.log)
