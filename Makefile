@@ -15,11 +15,13 @@ export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 SWEEP_FLAGS := --executor $(EXECUTOR) $(if $(DRY),--dry,) $(if $(DEVICE),--device $(DEVICE),)
 CLI := $(PY) -m cluster --results $(RESULTS)
 
+SIZE ?= tiny
+RECIPE ?= clip_ssl_ae
 A ?= ae
 B ?= clip_ssl_ae
 KILLS ?= 10
 
-.PHONY: help install demo test sweep status collect report compare faults mlflow-ui bench slurm-up slurm-down clean-results
+.PHONY: help install demo test sweep status collect report compare tune faults mlflow-ui bench slurm-up slurm-down clean-results
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +61,9 @@ report: install ## plots + results/<study>/report.html: SCALE=<study>
 compare: install ## compute multiplier between two recipes' fitted laws: SCALE=<study> A=ae B=clip_ssl_ae
 	$(CLI) collect $(SCALE) --no-mlflow
 	$(PY) -m analysis compare --table $(RESULTS)/$(SCALE)/runs.parquet $(A) $(B)
+
+tune: install ## Ray Tune ASHA learning-rate search for the tokenizer: SIZE=<encoder size> [RECIPE=clip_ssl_ae] [SCALE=<study>]
+	$(CLI) tune $(SIZE) --recipe $(RECIPE) $(if $(filter-out demo,$(SCALE)),--study $(SCALE),--study demo)
 
 faults: install ## SIGKILL the sweep driver KILLS times at random moments; the final table must equal an uninterrupted run
 	$(PY) -m cluster.faults $(SCALE) --kills $(KILLS) --workdir $(RESULTS)/faults-$(SCALE)

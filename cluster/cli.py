@@ -157,6 +157,19 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from cluster.ray_exec import tune_lr
+    from vtp_core import registry
+
+    if args.size not in registry.list_sizes("encoder"):
+        raise SpecError(f"SIZE={args.size}: unknown encoder size (allowed: {', '.join(registry.list_sizes('encoder'))})")
+    doc = tune_lr(args.size, recipe=args.recipe, steps=args.steps, study=args.study, device=args.device,
+                  lrs=tuple(float(x) for x in args.lrs.split(",")))
+    print(f"best lr for {doc['recipe']} {args.size}: {doc['lr']:g} -> {doc['path']}")
+    print(f"use it in a study: tokenizer: {{lr_from: {doc['path']}}}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=os.environ.get("VTP_RESULTS", "results"), help="results folder")
@@ -172,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--no-progress", action="store_true")
         if name in ("sweep", "collect"):
             sp.add_argument("--no-mlflow", action="store_true", help="skip the MLflow index")
+    tp = sub.add_parser("tune", help="Ray Tune ASHA learning-rate search for the tokenizer at one encoder size")
+    tp.add_argument("size")
+    tp.add_argument("--recipe", default=None)
+    tp.add_argument("--steps", type=int, default=200)
+    tp.add_argument("--study", default=None, help="take the tokenizer settings from this study")
+    tp.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2")
+    tp.add_argument("--device", default=None)
+    tp.set_defaults(fn=cmd_tune)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from cluster.store import Store
+from sweeps.ids import spec_hash
 from sweeps.plan import CELL_STAGES, SHARED_STAGES, Plan
 from vtp_core.runtime import atomic_write_bytes, atomic_write_text
 
@@ -36,6 +37,7 @@ def cell_status(store: Store, cell) -> tuple[str, str | None]:
 
 def table(plan: Plan, store: Store) -> pd.DataFrame:
     rows = []
+    dit_spec = spec_hash(plan.study.dit)  # one fixed downstream spec per study (the schema has one `dit:`)
     for c in plan.cells:
         status, reason = cell_status(store, c)
         pre = store.metrics(c.stages["pretrain"])
@@ -46,14 +48,14 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
         rfid = probe.get("rfid") or {}
         row = {
             "study": plan.study.name, "cell": c.id, "recipe": c.recipe, "encoder": c.encoder,
-            "encoder_params": c.encoder_params, "data_size": c.data_size or pre.get("data_size", 0),
+            "encoder_params": c.encoder_params, "data_size": c.data_size or pre.get("data_size", 0),  # 0 asked = the whole set
             "budget_flops": c.budget_flops,
             "tokenizer_flops": pre.get("tokenizer_flops", c.tokenizer_flops), "tokenizer_steps": c.steps,
             "dit_flops": dit.get("dit_flops", c.dit_flops), "seed": c.seed,
             "rfid": _val(rfid), "linear_probe": _val(probe.get("linear_probe")),
             "linear_probe_pre": _val(probe.get("linear_probe_pre")), "zero_shot": _val(probe.get("zero_shot")),
             "gfid": _val(gfid), "gfid_protocol": gfid.get("protocol_hash"),
-            "rfid_protocol": rfid.get("protocol_hash"), "status": status, "reason": reason,
+            "rfid_protocol": rfid.get("protocol_hash"), "dit_spec": dit_spec, "status": status, "reason": reason,
         }
         for kind in CELL_STAGES:
             row[f"{kind}_id"] = c.stages[kind]

@@ -40,12 +40,12 @@ def run_to_end(study: str, results: Path, timeout: float = 3600) -> float:
     return time.time() - t0
 
 
-def inject(study: str, results: Path, kills: int, max_delay: float, seed: int) -> list[float]:
-    """Kill the driver `kills` times at random delays in [0.2, max_delay] s; returns the delays used."""
+def inject(study: str, results: Path, kills: int, max_delay: float, seed: int, min_delay: float = 0.2) -> list[float]:
+    """Kill the driver `kills` times at random delays in [min_delay, max_delay] s; returns the delays used."""
     rng = random.Random(seed)
     delays = []
     for _ in range(kills):
-        delay = rng.uniform(0.2, max_delay)
+        delay = rng.uniform(min_delay, max_delay)
         p = _sweep(study, results)
         time.sleep(delay)
         if p.poll() is None:
@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="results/faults")
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--max-delay", type=float, default=None, help="default: the uninterrupted run time")
+    ap.add_argument("--min-delay", type=float, default=2.0, help="kills before this are mostly in imports")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     from sweeps.schema import load_study, study_path
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
     ref, hurt = work / "uninterrupted", work / "killed"
     t_ref = run_to_end(args.study, ref)
     # spread the kills over the whole run (each restart also pays ~4 s of imports)
-    delays = inject(args.study, hurt, args.kills, args.max_delay or (4.0 + 2.0 * t_ref / args.kills), args.seed)
+    delays = inject(args.study, hurt, args.kills, args.max_delay or (4.0 + 2.0 * t_ref / args.kills), args.seed,
+                    min_delay=args.min_delay)
     run_to_end(args.study, hurt)
     diff = compare(ref, hurt, name)
     print(f"uninterrupted run {t_ref:.1f}s; killed {len(delays)} times at {delays}")

@@ -25,6 +25,11 @@ def _canonical(cfg: Any) -> str:
     return json.dumps(versioned_dict(cfg), sort_keys=True, separators=(",", ":"), default=str)
 
 
+def spec_hash(cfg: Any) -> str:
+    """Short hash of a config's versioned fields alone (e.g. the study's one DiT spec, recorded per cell)."""
+    return hashlib.sha256(_canonical(cfg).encode()).hexdigest()[:10]
+
+
 def stage_hash(kind: str, cfg: Any, upstream_ids: Iterable[str]) -> str:
     payload = "|".join([kind, str(CODE_VERSION[kind]), _canonical(cfg), *sorted(upstream_ids)])
     return hashlib.sha256(payload.encode()).hexdigest()[:10]

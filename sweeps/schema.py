@@ -245,6 +245,7 @@ def load_study(path: str | Path) -> Study:
     resources = raw.get("resources") or {}
     if not isinstance(resources, dict):
         raise SpecError(f"{where}: resources: expected a mapping of stage -> settings, got {_fmt(resources)}")
+    raw = _resolve_lr_from(raw, path)
     kw: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         forbid = set()
@@ -262,6 +263,28 @@ def load_study(path: str | Path) -> Study:
     study = Study(name=name, path=str(path), description=description, resources=resources, **kw)
     validate(study, where)
     return study
+
+
+def _resolve_lr_from(raw: dict, path: Path) -> dict:
+    """`tokenizer: {lr_from: results/tune/lr-clip_ssl_ae-S.yaml}` takes the LR chosen by `make tune`."""
+    tok = raw.get("tokenizer")
+    if not isinstance(tok, dict) or "lr_from" not in tok:
+        return raw
+    src = Path(str(tok["lr_from"]))
+    if not src.is_absolute() and not src.exists():
+        src = path.parent / src
+    where = f"{path}: tokenizer.lr_from"
+    if "lr" in tok:
+        raise SpecError(f"{where}: give either lr or lr_from, not both")
+    if not src.is_file():
+        raise SpecError(f"{where}: no such file {tok['lr_from']!r} (write it with `make tune SIZE=...`)")
+    try:
+        lr = yaml.safe_load(src.read_text())["lr"]
+    except (yaml.YAMLError, TypeError, KeyError):
+        raise SpecError(f"{where}: {src} has no top-level 'lr' (expected the file written by `make tune`)") from None
+    tok = {k: v for k, v in tok.items() if k != "lr_from"}
+    tok["lr"] = lr
+    return {**raw, "tokenizer": tok}
 
 
 def study_path(scale: str, root: str | Path = "sweeps") -> Path:

@@ -154,6 +154,7 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
         "steps": cfg.steps,
         "stage2_steps": cfg.stage2_steps,
         "samples_seen": cfg.steps * cfg.batch_size,
+        "data_size": int(len(images)),
         "batch": {"clip": cfg.batch_size if "clip" in active else 0, "ssl": b_ssl if "ssl" in active else 0,
                   "rec": b_rec},
         "flops_per_step": step_flops["total"],

@@ -79,10 +79,13 @@ def test_stage_id_stability():
     assert stage_id("probe", "t", cfg, ["x"]) != stage_id("probe", "t", cfg, ["z"])
 
 
-def test_pinned_id_of_default_config():
-    """A golden value: if this changes, every user's finished results are orphaned — bump CODE_VERSION
-    on purpose instead, and update this value in the same commit."""
-    assert stage_id("pretrain", "t", TokenizerConfig()).startswith("pretrain-t-")
+def test_pinned_ids_of_default_configs():
+    """Golden values: if one changes, every user's finished results are orphaned. Change them only on
+    purpose (a new versioned field or a CODE_VERSION bump), in the same commit as the cause."""
+    from dit_eval.config import DiTSpec
+
+    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-be9601bb0e"
+    assert stage_id("dit", "t", DiTSpec(), ["latents-x"]) == "dit-t-d72ff9ce20"
 
 
 def test_fmt_num():

@@ -94,3 +94,11 @@ def test_good_spec_loads(write_study):
 def test_shipped_studies_load(name):
     s = load_study(study_path(name))
     assert s.name == name and s.n_cells >= 2
+
+
+def test_lr_from_tune_file(write_study, tmp_path):
+    (tmp_path / "lr.yaml").write_text("encoder: tiny\nlr: 0.0042\n")
+    s = load_study(write_study(GOOD.replace("tokenizer: {batch_size: 16}", "tokenizer: {batch_size: 16, lr_from: lr.yaml}")))
+    assert s.tokenizer.lr == 0.0042
+    with pytest.raises(SpecError, match="tokenizer.lr_from: no such file 'nope.yaml'"):
+        load_study(write_study(GOOD.replace("tokenizer: {batch_size: 16}", "tokenizer: {lr_from: nope.yaml}")))
