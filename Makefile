@@ -42,7 +42,8 @@ demo: install ## install, run the embedded default study end to end, write resul
 	$(MAKE) --no-print-directory sweep SCALE=demo
 	$(MAKE) --no-print-directory report SCALE=demo
 
-test: install ## run the test suite
+test: install ## run the test suite (installs Debian chromium for the report screenshot test)
+	./scripts/install_system.sh chromium
 	$(PY) -m pytest -q
 
 sweep: install ## run a study: SCALE=<study> [EXECUTOR=local] [DRY=1] [DEVICE=cpu]

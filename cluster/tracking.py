@@ -46,9 +46,18 @@ def _experiment(client, name: str, tries: int = 5) -> str:
     raise RuntimeError(f"could not get or create MLflow experiment {name!r}")
 
 
-def log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None = None) -> int:
-    """Create/update one MLflow run per row. Returns the number of runs touched."""
+def log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None = None, if_changed: bool = True) -> int:
+    """Create/update one MLflow run per row. Returns the number of runs touched (0 when the table is
+    unchanged since the last successful log, so re-running a finished study stays instant)."""
+    import hashlib
     import logging
+
+    from vtp_core.runtime import atomic_write_text
+
+    marker = Path(results) / study / ".mlflow_logged"
+    digest = hashlib.sha256((tracking_uri(results) + df.to_csv(index=False)).encode()).hexdigest()
+    if if_changed and marker.exists() and marker.read_text().strip() == digest:
+        return 0
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -79,4 +88,5 @@ def log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None = 
         state = {"done": "FINISHED", "failed": "FAILED", "diverged": "FAILED"}.get(row["status"])
         if state:
             client.set_terminated(run_id, state)
+    atomic_write_text(marker, digest + "\n")
     return len(df)

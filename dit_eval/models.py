@@ -12,7 +12,6 @@ Sizes are registered by name like timm (`tiny` is the CPU demo size; B/L/XL are 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -20,33 +19,7 @@ import torch.nn.functional as F
 from timm.layers import RmsNorm, RotaryEmbeddingCat, SwiGLU, apply_rot_embed_cat, build_sincos2d_pos_embed
 
 
-@dataclass(frozen=True)
-class DiTSize:
-    depth: int
-    width: int
-    heads: int
-    patch: int = 1
-
-
-# name -> size. `tiny` is sized for the embedded demo (8x8x8 latents, 2 CPU cores, ~25 s training).
-_SIZES: dict[str, DiTSize] = {
-    "tiny": DiTSize(depth=2, width=32, heads=2),
-    "S/1": DiTSize(depth=12, width=384, heads=6),
-    "B/1": DiTSize(depth=12, width=768, heads=12),
-    "L/1": DiTSize(depth=24, width=1024, heads=16),
-    "XL/1": DiTSize(depth=28, width=1152, heads=16),
-}
-
-
-def list_sizes() -> list[str]:
-    return list(_SIZES)
-
-
-def get_size(name: str) -> DiTSize:
-    try:
-        return _SIZES[name]
-    except KeyError:
-        raise ValueError(f"unknown DiT size {name!r}; valid: {', '.join(_SIZES)}") from None
+from dit_eval.sizes import DiTSize, get_size, list_sizes  # noqa: E402,F401  (re-exported: the registry)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

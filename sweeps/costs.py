@@ -56,11 +56,13 @@ def _strip(cfg: TokenizerConfig) -> TokenizerConfig:
 
 @functools.lru_cache(maxsize=None)
 def _tok(kind: str, cfg: TokenizerConfig) -> float:
-    from vtp_core import flops
+    def measure() -> float:  # imports torch + the models only on a cache miss
+        from vtp_core import flops
 
-    fn = {"step": lambda: flops.train_step_flops(cfg)["total"], "params": lambda: flops.encoder_params(cfg),
-          "encode": lambda: flops.encode_flops(cfg)}[kind]
-    return _cached(f"tok-{kind}", versioned_dict(cfg), fn)
+        return {"step": lambda: flops.train_step_flops(cfg)["total"], "params": lambda: flops.encoder_params(cfg),
+                "encode": lambda: flops.encode_flops(cfg)}[kind]()
+
+    return _cached(f"tok-{kind}", versioned_dict(cfg), measure)
 
 
 def tokenizer_step_flops(cfg: TokenizerConfig) -> float:
@@ -78,10 +80,12 @@ def encoder_forward_flops(cfg: TokenizerConfig) -> float:
 
 @functools.lru_cache(maxsize=None)
 def dit_step_flops(spec: DiTSpec, latent_shape: tuple[int, int, int]) -> float:
-    from dit_eval import flops
+    def measure() -> float:
+        from dit_eval import flops
 
-    return _cached("dit-step", [versioned_dict(spec), list(latent_shape)],
-                   lambda: flops.dit_train_step_flops(spec, latent_shape))
+        return flops.dit_train_step_flops(spec, latent_shape)
+
+    return _cached("dit-step", [versioned_dict(spec), list(latent_shape)], measure)
 
 
 def latent_shape(cfg: TokenizerConfig) -> tuple[int, int, int]:

@@ -173,7 +173,7 @@ def _check_positive(obj: Any, fields: typing.Iterable[str], where: str, zero_ok:
 
 def validate(study: Study, where: str) -> None:
     """Semantic checks beyond types: names in registries, non-empty grid, sane ranges."""
-    from dit_eval import models as dit_models
+    from dit_eval import sizes as dit_sizes
     from vtp_core import registry
 
     g = study.grid
@@ -210,7 +210,7 @@ def validate(study: Study, where: str) -> None:
             raise SpecError(f"{where}: {sec}.path: required for dataset {d.dataset!r} (a folder or shard pattern you supply)")
         if d.image_size % t.patch:
             raise SpecError(f"{where}: {sec}.image_size: {d.image_size} is not a multiple of tokenizer.patch={t.patch}")
-    _check_choice(study.dit.size, dit_models.list_sizes(), f"{where}: dit.size")
+    _check_choice(study.dit.size, dit_sizes.list_sizes(), f"{where}: dit.size")
     _check_positive(study.dit, ("steps", "batch_size", "lr"), f"{where}: dit")
     _check_choice(study.extractor.name, ("fmnist_cnn", "inception"), f"{where}: extractor.name")
     _check_choice(study.sample.sampler, ("euler",), f"{where}: sample.sampler")

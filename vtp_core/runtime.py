@@ -80,9 +80,12 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename: SIGKILL never leaves a torn file."""
-    with _atomic(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to a temp file in the same folder, fsync, rename: SIGKILL never leaves a torn file.
+
+    Saved through a file object so the zip's internal folder is always 'archive' (torch names it after
+    the file otherwise): the same weights give the same bytes, so file checksums are reproducible."""
+    with _atomic(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path: Path) -> Any:
