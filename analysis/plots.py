@@ -118,6 +118,8 @@ def _draw_law(ax, res: FitResult, color: str, xmin: float, xmax: float, extend: 
     if ex is not None and not ex.refused:
         flag = "" if ex.inside_ci else " ⚠ outside band"
         label += f"; held-out {100 * ex.rel_error:+.1f}%{flag}"
+    elif ex is not None:
+        label += "; held-out check: too few x"
     if not res.converged:
         label += "; NOT CONVERGED"
     return label
