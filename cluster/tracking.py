@@ -49,6 +49,15 @@ def _experiment(client, name: str, tries: int = 5) -> str:
 def log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None = None, if_changed: bool = True) -> int:
     """Create/update one MLflow run per row. Returns the number of runs touched (0 when the table is
     unchanged since the last successful log, so re-running a finished study stays instant)."""
+    import fcntl
+
+    Path(results).mkdir(parents=True, exist_ok=True)
+    with open(Path(results) / ".mlflow.lock", "w") as lock:  # concurrent collects take turns (no duplicate runs)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _log_table(df, study, Path(results), commit, if_changed)
+
+
+def _log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None, if_changed: bool) -> int:
     import hashlib
     import logging
 

@@ -1,0 +1,45 @@
+"""MLflow index: one experiment per study, one run per cell, safe when several collects start at once."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).parents[2]
+
+
+def _table(n: int, gfid: float) -> pd.DataFrame:
+    return pd.DataFrame({"study": "s", "cell": [f"c{i}" for i in range(n)], "recipe": "ae", "encoder": "tiny",
+                         "encoder_params": 1, "data_size": 0, "budget_flops": 1e12, "seed": 0, "tokenizer_steps": 3,
+                         "gfid": gfid, "rfid": float("nan"), "gfid_protocol": "p", "status": "done", "reason": None,
+                         "pretrain_id": [f"pretrain-{i}" for i in range(n)], "fid_id": [f"fid-{i}" for i in range(n)]})
+
+
+def test_concurrent_collects_make_one_experiment_and_one_run_per_cell(tmp_path):
+    tbl = tmp_path / "t.parquet"
+    _table(5, 10.0).to_parquet(tbl)
+    code = textwrap.dedent(f"""
+        import pandas as pd
+        from cluster.tracking import log_table
+        log_table(pd.read_parquet({str(tbl)!r}), "s", {str(tmp_path / 'results')!r}, commit="abc", if_changed=False)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(3)]
+    assert all(p.wait(120) == 0 for p in procs)
+    from mlflow.tracking import MlflowClient
+
+    from cluster.tracking import log_table, tracking_uri
+
+    client = MlflowClient(tracking_uri(tmp_path / "results"))
+    exps = [e for e in client.search_experiments() if e.name == "s"]
+    assert len(exps) == 1
+    runs = client.search_runs([exps[0].experiment_id])
+    assert sorted(r.data.tags["cell"] for r in runs) == [f"c{i}" for i in range(5)]
+    r = runs[0]
+    assert r.data.params["recipe"] == "ae" and r.data.tags["git_commit"] == "abc" and r.info.status == "FINISHED"
+    assert r.data.metrics["gfid"] == 10.0 and r.data.tags["pretrain_id"].startswith("pretrain-")
+    # re-collecting updates the same runs (metrics change, params stay immutable), never duplicates
+    assert log_table(_table(5, 9.0), "s", tmp_path / "results", commit="abc") == 5
+    assert log_table(_table(5, 9.0), "s", tmp_path / "results", commit="abc") == 0, "unchanged table: nothing to log"
+    runs = client.search_runs([exps[0].experiment_id])
+    assert len(runs) == 5 and all(r.data.metrics["gfid"] == 9.0 for r in runs)
