@@ -74,6 +74,7 @@ mlflow-ui: install ## browse the MLflow index on http://127.0.0.1:5000 (local on
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: install ## benchmarks with ratios against references measured in the same run
+	@$(PY) -c "import diffusers" 2>/dev/null || .venv/bin/pip install -q -e '.[bench]'
 	$(PY) -m bench
 
 slurm-up: ## install (Debian) and start a one-node SLURM on this machine (for EXECUTOR=slurm tests/demos)

@@ -6,6 +6,12 @@ The stage must survive preemption and reach the *same* weights as an uninterrupt
 on CPU), so the checkpoint holds model, EMA, optimizer, step, every RNG, the data position and the
 loss history; the data order is a pure function of (seed, epoch). A NaN/inf loss stops the run
 with `Diverged` before the bad update is applied, leaving the last good checkpoint.
+
+With WORLD_SIZE > 1 (torchrun, or SLURM tasks: `dit_eval.distributed`) it runs DistributedDataParallel:
+every rank draws the same global batch and the same per-sample randomness for it (flip, noise,
+timesteps, class dropout, in the single-process RNG order) and trains on its contiguous slice, so the
+loss curve equals one process with the same global batch up to float reduction order. Rank 0 writes
+the (un-wrapped, 1-process-loadable) checkpoints and dit.pt. With one process the loop is unchanged.
 """
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from dit_eval import distributed
 from dit_eval.flops import dit_train_step_flops
-from dit_eval.flow import training_loss
+from dit_eval.flow import flow_loss, interpolate, sample_t, training_loss, velocity_target
 from dit_eval.latents import LatentStore, load_latents, load_stats
 from dit_eval.models import count_params, create_dit
 from vtp_core.cfg import to_dict
@@ -52,6 +59,25 @@ class EpochSampler:
         return {"epoch": self.epoch, "pos": self.pos}
 
 
+def global_step_loss(ddp, raw, x1, y, mu: float, sigma: float) -> torch.Tensor:
+    """This rank's flow loss on its slice of the global batch (x1, y). The noise, timesteps and class
+    dropout are drawn for the whole global batch in `training_loss`'s RNG order (randn x0, randn t,
+    then the model's rand for dropout), so every rank sees the same values as one process would."""
+    sl = distributed.local_slice(x1.shape[0])
+    x0 = torch.randn_like(x1)
+    t = sample_t(x1.shape[0], mu, sigma, device=x1.device)
+    if raw.class_dropout > 0:
+        drop = torch.rand(y.shape[0], device=y.device) < raw.class_dropout
+        y = torch.where(drop, torch.full_like(y, raw.num_classes), y)
+    x0, x1, t, y = x0[sl], x1[sl], t[sl], y[sl]
+    raw.train(False)  # labels are already dropped: the model must not drop (or draw) again
+    try:
+        pred = ddp(interpolate(x0, x1, t), t, y)
+    finally:
+        raw.train(True)
+    return flow_loss(pred, velocity_target(x0, x1))
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     ema_p = list(ema.parameters())
@@ -65,7 +91,11 @@ def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress:
     t0 = time.time()
     out = Path(out)
     ckpt_path = out / "ckpt" / "last.pt"
+    device = distributed.setup(device)
+    world, main = distributed.world_size(), distributed.is_main()
     cuda = torch.device(device).type == "cuda"
+    if spec.batch_size % world:
+        raise StageError(f"dit: batch_size {spec.batch_size} is not divisible by WORLD_SIZE={world}")
     store = data if isinstance(data, LatentStore) else LatentStore([data])
     n, latent_shape = len(store), store.shape
     if n == 0:
@@ -96,15 +126,30 @@ def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress:
         step, losses = ck["step"], ck["losses"].tolist()
         sampler = EpochSampler(n, spec.batch_size, spec.seed, **ck["data"])
         set_rng_state(ck["rng"])
+        if cuda and world > 1 and "cuda_dev" in ck["rng"]:  # every rank continues rank 0's device stream
+            torch.cuda.set_rng_state(ck["rng"]["cuda_dev"], device)
+    distributed.barrier()  # nobody may overwrite the checkpoint while another rank still reads it
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # built after the resume; broadcast_buffers off: the only buffers are fixed position tables
+        net = DistributedDataParallel(model, device_ids=[torch.device(device).index] if cuda else None,
+                                      broadcast_buffers=False)
 
     def save() -> None:
-        atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                           "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
-                           "data": sampler.state(), "rng": rng_state(), "stats_hash": stats["hash"]}, ckpt_path)
+        if main:
+            rng = rng_state()
+            if cuda and world > 1:
+                rng["cuda_dev"] = torch.cuda.get_rng_state(device)
+            atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                               "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
+                               "data": sampler.state(), "rng": rng, "stats_hash": stats["hash"]}, ckpt_path)
+        distributed.barrier()
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=spec.steps, initial=step, desc="dit", disable=not progress, leave=False)
+    bar = tqdm(total=spec.steps, initial=step, desc="dit", disable=not (progress and main), leave=False)
     model.train()
     while step < spec.steps:
         idx = sampler.next()
@@ -116,8 +161,12 @@ def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress:
         y = store.gather("labels", idx).to(device, non_blocking=True)
         x1 = (x1 - mean) / std
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss = training_loss(model, x1, y, spec.t_mu, spec.t_sigma)
-        loss_v = loss.item()
+            if world == 1:
+                loss = training_loss(model, x1, y, spec.t_mu, spec.t_sigma)
+            else:
+                loss = global_step_loss(net, model, x1, y, spec.t_mu, spec.t_sigma)
+        # the global-batch mean (equal slices), identical on every rank, so all ranks stop together
+        loss_v = distributed.mean_across(loss.detach()).item()
         if loss_v != loss_v or abs(loss_v) == float("inf"):
             raise Diverged(step, loss_v)
         opt.zero_grad(set_to_none=True)
@@ -132,21 +181,23 @@ def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress:
             heartbeat({"step": step, "loss": loss_v})
         if step % spec.ckpt_every == 0 and step < spec.steps:
             save()
-        if stop_requested() and step < spec.steps:
+        if distributed.any_across(stop_requested()) and step < spec.steps:
             save()
             raise Preempted(f"dit: stopped at step {step}/{spec.steps}, checkpoint saved")
     bar.close()
     save()
 
-    atomic_torch_save({"spec": to_dict(spec), "model": model.state_dict(), "ema": ema.state_dict(),
-                       "stats_hash": stats["hash"], "latent_shape": list(latent_shape)}, out / "dit.pt")
+    if main:
+        atomic_torch_save({"spec": to_dict(spec), "model": model.state_dict(), "ema": ema.state_dict(),
+                           "stats_hash": stats["hash"], "latent_shape": list(latent_shape)}, out / "dit.pt")
+    distributed.barrier()
     step_flops = dit_train_step_flops(spec, latent_shape)
     k = max(1, min(10, len(losses)))
     mean = (lambda xs: sum(xs) / len(xs) if xs else None)
     return {"loss": losses[-1] if losses else None, "loss_start": mean(losses[:k]), "loss_end": mean(losses[-k:]),
             "steps": step, "dit_params": count_params(model), "dit_step_flops": step_flops,
             "dit_flops": step_flops * spec.steps, "stats_hash": stats["hash"],
-            "latent_shape": list(latent_shape), "wall_s": round(time.time() - t0, 3)}
+            "latent_shape": list(latent_shape), "world_size": world, "wall_s": round(time.time() - t0, 3)}
 
 
 def run(cfg, ctx) -> dict:
