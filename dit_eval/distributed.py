@@ -18,10 +18,11 @@ __all__ = ["setup", "env_from_slurm", "local_slice", "any_across", "barrier", "i
            "world_size"]
 
 
-def env_from_slurm() -> None:
+def env_from_slurm(env=None) -> None:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK (and, on one node, MASTER_ADDR/MASTER_PORT) from SLURM task
-    variables when torchrun's are absent. Multi-node jobs must export MASTER_ADDR themselves."""
-    env = os.environ
+    variables when torchrun's are absent (in `env`, default os.environ). Multi-node jobs must export
+    MASTER_ADDR themselves."""
+    env = os.environ if env is None else env
     if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
         return
     env["RANK"] = env["SLURM_PROCID"]
@@ -43,8 +44,8 @@ def setup(device: str) -> str:
     if cuda:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % max(1, torch.cuda.device_count())}"
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+    if not dist.is_initialized():  # gloo beside nccl: the stop/NaN flags are small CPU tensors
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     return device
 
 

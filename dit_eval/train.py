@@ -66,15 +66,15 @@ def global_step_loss(ddp, raw, x1, y, mu: float, sigma: float) -> torch.Tensor:
     sl = distributed.local_slice(x1.shape[0])
     x0 = torch.randn_like(x1)
     t = sample_t(x1.shape[0], mu, sigma, device=x1.device)
-    if raw.class_dropout > 0:
+    if raw.training and raw.class_dropout > 0:
         drop = torch.rand(y.shape[0], device=y.device) < raw.class_dropout
         y = torch.where(drop, torch.full_like(y, raw.num_classes), y)
     x0, x1, t, y = x0[sl], x1[sl], t[sl], y[sl]
-    raw.train(False)  # labels are already dropped: the model must not drop (or draw) again
+    keep, raw.class_dropout = raw.class_dropout, 0.0  # labels are already dropped: no second draw
     try:
         pred = ddp(interpolate(x0, x1, t), t, y)
     finally:
-        raw.train(True)
+        raw.class_dropout = keep
     return flow_loss(pred, velocity_target(x0, x1))
 
 
@@ -133,9 +133,8 @@ def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress:
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        # built after the resume; broadcast_buffers off: the only buffers are fixed position tables
-        net = DistributedDataParallel(model, device_ids=[torch.device(device).index] if cuda else None,
-                                      broadcast_buffers=False)
+        # built after the resume (its init broadcast of rank 0's weights is then a no-op)
+        net = DistributedDataParallel(model, device_ids=[torch.device(device).index] if cuda else None)
 
     def save() -> None:
         if main:

@@ -79,12 +79,13 @@ def make_batch(cfg: TokenizerConfig, images: np.ndarray, labels: np.ndarray, ste
     if "clip" in active:
         batch["clip_images"] = shard(x)
         batch["clip_text"] = shard(captions(idx, torch.from_numpy(labels[idx]), g))
-    if "ssl" in active:
-        glob, loc = multi_crop(shard(x[ssl_sel]), g, cfg.global_crop, cfg.local_crop, cfg.n_local_crops,
+    if "ssl" in active:  # views and masks of the whole SSL subset, then this rank's images of each view
+        glob, loc = multi_crop(x[ssl_sel], g, cfg.global_crop, cfg.local_crop, cfg.n_local_crops,
                                tuple(cfg.global_crop_scale), tuple(cfg.local_crop_scale))
         side = cfg.global_crop // cfg.patch
         masks = block_masks(glob.shape[0], side, side, g, tuple(cfg.mask_ratio), cfg.mask_probability)
-        batch.update(global_views=glob, local_views=loc, **mask_tensors(masks))
+        per_view = lambda v: torch.cat([shard(c) for c in v.split(b_ssl)]) if len(v) else v  # noqa: E731
+        batch.update(global_views=per_view(glob), local_views=per_view(loc), **mask_tensors(per_view(masks)))
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 

@@ -92,7 +92,7 @@ def _ssl_losses(model: Tokenizer, teacher: Teacher, batch: dict[str, torch.Tenso
     out = {
         "dino": dino_loss(s_cls, s_loc, t_cls_p, cfg.n_local_crops, cfg.student_temp),
         "ibot": ibot_loss(s_patch, t_patch_p, mask_w, glob.shape[0], cfg.student_temp),
-        "koleo": sum(koleo_loss(c) for c in s_in[:, 0].chunk(2)),
+        "koleo": sum(koleo_loss(gather_with_grad(c)) for c in s_in[:, 0].chunk(2)),  # global neighbours
     }
     out["ssl"] = out["dino"] + out["ibot"] + cfg.koleo_weight * out["koleo"]
     if torch.is_grad_enabled() and glob.device.type != "meta":

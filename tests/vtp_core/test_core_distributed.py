@@ -1,4 +1,5 @@
-"""Data-parallel pretraining on CPU (gloo, 2 processes): ranks stay identical and `ae` matches one process."""
+"""Data-parallel pretraining on CPU (gloo, 2 processes): ranks stay identical (weights and loss curve), and
+`ae` matches one process on the same global batch (loss curve and weights, up to float reduction order)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +15,24 @@ from vtp_core.runtime import StageContext, load_checkpoint
 
 CFG = TokenizerConfig(recipe="ae", batch_size=32, rec_fraction=0.25, steps=3, warmup_steps=1, ckpt_every=100)
 RECIPES = ("ae", "clip_ssl_ae")
+# clip_ssl_ae does not yet match one process (2e-2 relative at step 0), for three world-size-dependent
+# parts of the SSL objective: make_batch draws multi-crop views and iBOT masks per rank on its slice (same
+# generator on every rank), KoLeo's nearest neighbour is searched within the rank's slice, and the iBOT
+# center averages per-rank means although ranks hold different numbers of masked patches. With those
+# three drawn/computed globally it matches to <1e-7; then add it here.
+MATCH_ONE_PROCESS = ("ae", "clip_ssl_ae")
+
+
+def _recording(step_losses, curve: list):
+    """`step_losses` that also appends each step's global-batch total (the mean over ranks) to `curve`."""
+    from vtp_core import distributed
+
+    def wrapped(*a, **k):
+        out = step_losses(*a, **k)
+        curve.append(float(distributed.mean_across(out["total"].detach())))
+        return out
+
+    return wrapped
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -24,12 +43,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     from vtp_core import pretrain
 
-    built = []
+    built, curve = [], []
     real = pretrain.Tokenizer
     pretrain.Tokenizer = lambda cfg: built.append(real(cfg)) or built[-1]  # keep each rank's live model
+    pretrain.step_losses = _recording(pretrain.step_losses, curve)
     for recipe in RECIPES:
+        curve.clear()
         pretrain.run(dataclasses.replace(CFG, recipe=recipe), StageContext(out=f"{out}/{recipe}", progress=False))
-        torch.save(built[-1].state_dict(), f"{out}/{recipe}/rank{rank}.pt")
+        torch.save({"model": built[-1].state_dict(), "losses": torch.tensor(curve, dtype=torch.float64)},
+                   f"{out}/{recipe}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -40,19 +62,30 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_gloo(tmp_path, make_ctx):
+def test_two_process_gloo(tmp_path, make_ctx, monkeypatch):
     out = tmp_path / "ddp"
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     for recipe in RECIPES:
         r0, r1 = torch.load(out / recipe / "rank0.pt"), torch.load(out / recipe / "rank1.pt")
-        assert all(torch.equal(r0[k], r1[k]) for k in r0), recipe  # ranks never drift apart
-        assert all(torch.isfinite(v).all() for v in r0.values())
+        assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"]), recipe  # ranks never drift
+        assert torch.equal(r0["losses"], r1["losses"]) and len(r0["losses"]) == CFG.steps
+        assert all(torch.isfinite(v).all() for v in r0["model"].values())
         saved = load_checkpoint(out / recipe / "tokenizer.pt")["model"]
-        assert all(torch.equal(saved[k], r0[k]) for k in saved)
-    single = make_ctx("single")  # same global batch, averaged gradients: one process up to rounding
-    from vtp_core import pretrain
+        assert all(torch.equal(saved[k], r0["model"][k]) for k in saved)
 
-    pretrain.run(CFG, single)
-    s = load_checkpoint(single.out / "tokenizer.pt")["model"]
-    r0 = torch.load(out / "ae" / "rank0.pt")
-    assert all(torch.allclose(s[k], r0[k], atol=1e-5) for k in s)
+    from vtp_core import pretrain  # one process, same global batch: equal up to rounding
+
+    curve: list = []
+    monkeypatch.setattr(pretrain, "step_losses", _recording(pretrain.step_losses, curve))
+    for recipe in MATCH_ONE_PROCESS:
+        curve.clear()
+        single = make_ctx(f"single_{recipe}")
+        pretrain.run(dataclasses.replace(CFG, recipe=recipe), single)
+        s = load_checkpoint(single.out / "tokenizer.pt")["model"]
+        r0 = torch.load(out / recipe / "rank0.pt")
+        one = torch.tensor(curve, dtype=torch.float64)
+        rel = ((one - r0["losses"]).abs() / one.abs()).max().item()
+        wdiff = max((s[k] - r0["model"][k]).abs().max().item() for k in s)
+        print(f"{recipe}: max relative loss-curve difference {rel:.3g}, max weight difference {wdiff:.3g}")
+        assert rel < 1e-5, (recipe, one, r0["losses"])
+        assert all(torch.allclose(s[k], r0["model"][k], atol=1e-5) for k in s), recipe

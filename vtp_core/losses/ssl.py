@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtp_core.distributed import mean_across
+from vtp_core.distributed import mean_across, world_size
 
 
 class DINOCenter(nn.Module):
@@ -28,8 +28,14 @@ class DINOCenter(nn.Module):
     @torch.no_grad()
     def update(self, logits: torch.Tensor) -> None:
         """center <- m·center + (1-m)·(batch mean of teacher logits, averaged over ranks)."""
-        mean = logits.float().mean(0, keepdim=True) if logits.shape[0] else self.center
-        self.center.mul_(self.momentum).add_(mean_across(mean), alpha=1 - self.momentum)
+        if world_size() > 1:  # the global mean, also when ranks hold different numbers of rows (iBOT)
+            both = torch.cat([logits.float().sum(0, keepdim=True),
+                              logits.new_full((1, 1), logits.shape[0], dtype=torch.float32)], dim=1)
+            both = mean_across(both)
+            mean = both[:, :-1] / both[:, -1:] if both[0, -1] > 0 else self.center
+        else:
+            mean = logits.float().mean(0, keepdim=True) if logits.shape[0] else self.center
+        self.center.mul_(self.momentum).add_(mean, alpha=1 - self.momentum)
 
 
 def _ce(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float) -> torch.Tensor:
