@@ -129,12 +129,8 @@ def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress:
         if cuda and world > 1 and "cuda_dev" in ck["rng"]:  # every rank continues rank 0's device stream
             torch.cuda.set_rng_state(ck["rng"]["cuda_dev"], device)
     distributed.barrier()  # nobody may overwrite the checkpoint while another rank still reads it
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # built after the resume (its init broadcast of rank 0's weights is then a no-op)
-        net = DistributedDataParallel(model, device_ids=[torch.device(device).index] if cuda else None)
+    # built after the resume (its init broadcast of rank 0's weights is then a no-op)
+    net = distributed.wrap_ddp(model, torch.device(device))
 
     def save() -> None:
         if main:

@@ -27,6 +27,16 @@ sample: {{n_samples: 64, steps: 5, shard_size: 32, batch_size: 32}}
 
 
 @pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the rendezvous port of multi-process tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
 def micro_study():
     """A 2-cell study small enough for CI; `{budget}` is filled in by the test."""
     return MICRO_STUDY

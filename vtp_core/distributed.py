@@ -1,11 +1,12 @@
-"""Data parallelism for the tokenizer trainer, driven by the usual env (WORLD_SIZE, RANK, LOCAL_RANK).
+"""Data parallelism shared by both trainers: process-group setup from torchrun's or SLURM's environment
+(one task per GPU), and the few collectives the trainers need.
 
-Why not `DistributedDataParallel`: one VTP step runs the encoder in several separate forward passes
-(CLIP, SSL student global/local, reconstruction), which DDP's single-forward hooks do not fit. Instead
-every rank builds the same global batch (a pure function of seed and step), takes its slice, and
-gradients are averaged with one flat all-reduce before clipping. CLIP uses the global batch
-(OpenCLIP `gather_with_grad`), DINO/iBOT centers use global means. With WORLD_SIZE unset or 1 every
-helper is a no-op, so the single-process path (and its bit-exact resume) is unchanged.
+Every rank builds the same global batch (a pure function of seed and step) and takes its slice; the
+trainers wrap their step in `DistributedDataParallel`. CLIP uses the global batch (OpenCLIP
+`gather_with_grad`), DINO/iBOT centers use global means. `average_gradients` remains for tokenizer
+stage 2, whose adaptive GAN weight needs `torch.autograd.grad` (which DDP does not reduce). With
+WORLD_SIZE unset or 1 nothing is initialised and every helper is a no-op, so the single-process path
+(and its bit-exact resume) is unchanged.
 """
 from __future__ import annotations
 
@@ -27,16 +28,56 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def env_from_slurm(env=None) -> None:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK (and, on one node, MASTER_ADDR/MASTER_PORT) from SLURM task
+    variables when torchrun's are absent (in `env`, default os.environ). Jobs started by
+    `cluster.job` have them exported already (submitit's TorchDistributedEnvironment, multi-node too);
+    this covers a plain `srun python ...`."""
+    env = os.environ if env is None else env
+    if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
+        return
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env and int(env.get("SLURM_NNODES", "1")) == 1:
+        env["MASTER_ADDR"] = "127.0.0.1"
+    if "MASTER_PORT" not in env and "SLURM_JOB_ID" in env:
+        env["MASTER_PORT"] = str(20_000 + int(env["SLURM_JOB_ID"]) % 20_000)
+
+
 def setup(device: str) -> str:
-    """Initialise the process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU); returns the device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+    """Initialise the process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU) unless a caller
+    (`cluster.job`) already did; returns this rank's device (cuda:LOCAL_RANK, modulo the visible GPUs
+    so one-GPU-per-task masks also work)."""
+    env_from_slurm()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return device
     cuda = torch.device(device).type == "cuda"
     if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % max(1, torch.cuda.device_count())}"
         torch.cuda.set_device(device)
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")  # CPU flags (stop, NaN) ride on gloo
+    if not dist.is_initialized():
+        init_process_group(cuda)
     return device
+
+
+def init_process_group(cuda: bool) -> None:
+    """env:// rendezvous; gloo beside nccl on CUDA because the stop/NaN flags are small CPU tensors.
+    VTP_DIST_TIMEOUT_S (default 1800) bounds how long a rank waits for a peer that died."""
+    from datetime import timedelta
+
+    timeout = timedelta(seconds=float(os.environ.get("VTP_DIST_TIMEOUT_S", "1800")))
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device, **kw) -> torch.nn.Module:
+    """`DistributedDataParallel(module)` when WORLD_SIZE > 1, else the module itself."""
+    if world_size() == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, **kw)
 
 
 def shard(x: torch.Tensor) -> torch.Tensor:

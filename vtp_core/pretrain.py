@@ -6,7 +6,9 @@ the whole batch feeds CLIP, random subsets of batch·ssl_fraction and batch·rec
 multi-crop and the reconstruction; one AdamW step on λ_rec·L_rec + λ_ssl·L_ssl + λ_clip·L_clip
 (METHOD.md §2.5, §3), then the EMA teacher update. Checkpoints hold everything needed for a
 bit-identical resume on CPU. A non-finite loss raises `Diverged` before the step touches the weights.
-With WORLD_SIZE > 1 it runs data-parallel (`vtp_core.distributed`); rank 0 writes files.
+With WORLD_SIZE > 1 the step runs under DistributedDataParallel (`vtp_core.distributed`): the several
+encoder passes of one step (CLIP, SSL student views, reconstruction) are one forward of `StepModule`, so
+DDP sees one forward and one backward; rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -41,6 +43,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if p.ndim < 2 or name.split(".")[-1] in NO_DECAY else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class StepModule(torch.nn.Module):
+    """One training step's losses as a single module call (what DDP wraps). The EMA teacher and LPIPS
+    are held outside the module tree: they are not trained, and DDP must not broadcast or reduce them."""
+
+    def __init__(self, model: Tokenizer, teacher, lpips, active: tuple[str, ...]):
+        super().__init__()
+        self.model = model
+        self.__dict__.update(teacher=teacher, lpips=lpips, active=active)
+
+    def forward(self, batch: dict, teacher_temp: float) -> dict:
+        return step_losses(self.model, self.teacher, batch, teacher_temp, self.active, self.lpips)
 
 
 def maybe_compile(model: Tokenizer, cfg: TokenizerConfig, ctx: StageContext) -> None:
@@ -95,6 +110,11 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
         distributed.barrier()
 
     # ------------------------------------------------------------------ stage 1
+    # DDP is built after the resume (its broadcast of rank 0's weights is then a no-op). Recipes leave
+    # some parameters without a gradient (the iBOT mask token outside SSL), hence find_unused_parameters;
+    # the DINO centers are all-reduced by the loss itself, hence no buffer broadcast.
+    net = distributed.wrap_ddp(StepModule(model, teacher, lpips, active), device, find_unused_parameters=True,
+                               broadcast_buffers=False)
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not ctx.progress, leave=False)
     model.train()
     while step < cfg.steps:
@@ -102,14 +122,16 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
             g["lr"] = lr_at(cfg, step)
         batch = make_batch(cfg, images, labels, step, active, captions, device)
         with autocast:
-            losses = step_losses(model, teacher, batch, teacher_temp_at(cfg, step), active, lpips)
+            losses = net(batch, teacher_temp_at(cfg, step))
         total = losses["total"]
-        check = distributed.mean_across(total.detach())  # every rank takes the same branch
-        if not torch.isfinite(check):
-            raise Diverged(step, float(check))
+        # global-batch means of every loss in one all-reduce: the logged curve does not depend on the
+        # world size, and every rank takes the same branch on a non-finite total
+        names = list(losses)
+        seen = distributed.mean_across(torch.stack([losses[k].detach().float() for k in names])).tolist()
+        if not math.isfinite(seen[names.index("total")]):
+            raise Diverged(step, seen[names.index("total")])
         opt.zero_grad(set_to_none=True)
-        total.backward()
-        distributed.average_gradients(model.parameters())
+        total.backward()  # under DDP: gradients averaged over ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
         if not torch.isfinite(grad_norm):
             raise Diverged(step, float(grad_norm))
@@ -117,7 +139,7 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
         if teacher is not None:
             teacher.update(model, ema_momentum_at(cfg, step))
         step += 1
-        window = {k: (window.get(k, []) + [float(v.detach())])[-cfg.log_every:] for k, v in losses.items()}
+        window = {k: (window.get(k, []) + [v])[-cfg.log_every:] for k, v in zip(names, seen)}
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             means = {k: sum(v) / len(v) for k, v in window.items()}

@@ -3,7 +3,6 @@ curve and weights up to float reduction order, ranks identical, and a preempted 
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -53,19 +52,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, free_port):
     from dit_eval.train import train_dit
 
     data, stats = _data()
     train_dit(SPEC, tmp_path / "one", data, stats)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port, str(tmp_path / "two")), nprocs=2, join=True)
 
     one, two = (load_checkpoint(tmp_path / d / "ckpt" / "last.pt") for d in ("one", "two"))
     assert one["step"] == two["step"] == SPEC.steps and len(two["losses"]) == SPEC.steps
@@ -92,7 +85,7 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_slurm_env_fills_torch_vars():
-    from dit_eval.distributed import env_from_slurm
+    from vtp_core.distributed import env_from_slurm
 
     env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NNODES": "1", "SLURM_JOB_ID": "123"}
     env_from_slurm(env)
