@@ -13,6 +13,13 @@ if the stop came from SIGUSR2, the signal is handed back to submitit's own handl
 `checkpoint()` (this same callable: the state is on disk, not in the pickle) and requeues the
 job; SIGTERM needs nothing more (SLURM requeues the job itself, or it was cancelled and a later
 re-submission picks the `preempted` stage up).
+
+Several tasks per job (`tasks_per_node` > 1: one task per GPU). Every task runs this callable. For the
+data-parallel kinds (`pretrain`, `dit`) the tasks export torch's rendezvous variables (submitit's
+TorchDistributedEnvironment, multi-node too) and form one process group; rank 0 alone takes the
+stage lease and writes status/metrics, and tells the other ranks (broadcast) whether to join the
+trainer or go home (stage done, busy, blocked). The trainers themselves write files on rank 0 only.
+Other kinds run single-process on rank 0; the other tasks exit at once.
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ from typing import Any
 import submitit
 
 from cluster.store import Store, now
+
+DATA_PARALLEL = frozenset({"pretrain", "dit"})  # stage kinds whose trainers run one task per GPU
 
 
 def slurm_job_id() -> str | None:
@@ -58,6 +67,20 @@ def _append_jsonl(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:  # one short line per write: O_APPEND keeps lines whole
         fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+
+
+def _ntasks() -> int:
+    return int(os.environ.get("SLURM_NTASKS", "1"))
+
+
+def _broadcast(word: str | None) -> str:
+    """Rank 0's word to every rank of the job's process group (rank 0 passes it, the others None)."""
+    import torch
+    import torch.distributed as dist
+
+    box = [word]
+    dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))  # on gloo beside nccl
+    return box[0]
 
 
 def _preempt_signal() -> signal.Signals:
@@ -95,15 +118,33 @@ class StageJob(submitit.helpers.Checkpointable):
             flag.requested = True
 
         self._wait_for_running_upstream(store)
+        rank, group = self._join_tasks()
         old = signal.signal(sig, on_usr)
         try:
+            if rank > 0:
+                return self._follow(store, flag)
+            announced = []
+
+            def announce() -> None:
+                announced.append(True)
+                if group:
+                    _broadcast("run")
+
             if not store.is_done(st.id) and all(store.is_done(u) for u in st.upstream_ids):
                 _append_jsonl(trail, {"event": "start", "job_id": job_id, "host": socket.gethostname(),
-                                      "pid": os.getpid(), "commit": self.commit,
+                                      "pid": os.getpid(), "commit": self.commit, "tasks": _ntasks(),
                                       "code": os.environ.get("VTP_CODE_DIR"), "time": now()})
-            state = run_stage(store, st, device=self.device, progress=False, job_id=job_id, stop=flag)
+            state = run_stage(store, st, device=self.device, progress=False, job_id=job_id, stop=flag,
+                              on_start=announce)
+            if group and not announced:
+                _broadcast(state)  # the other ranks wait for word: nothing to train
         finally:
             signal.signal(sig, old)
+            if group:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
         if state == "blocked":
             self._note_blocked(store)
         elif state != "busy":
@@ -119,6 +160,64 @@ class StageJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Requeue the same small callable: progress lives in the stage folder, not in the pickle."""
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ several tasks per job
+    def _join_tasks(self) -> tuple[int, bool]:
+        """(this task's rank, whether it is in a process group). One task: (0, False). A data-parallel
+        stage: every task exports torch's env:// variables and joins the group. Any other stage runs
+        on rank 0 as a single process (its env says WORLD_SIZE=1, so no trainer waits for peers)."""
+        rank, n = int(os.environ.get("SLURM_PROCID", "0")), _ntasks()
+        if n <= 1:
+            return 0, False
+        if self.stage.kind not in DATA_PARALLEL:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            return rank, False
+        from vtp_core.distributed import init_process_group
+        from vtp_core.runtime import pick_device
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        init_process_group(cuda=pick_device(self.device).startswith("cuda"))
+        return rank, True
+
+    def _follow(self, store: Store, flag) -> str:
+        """A rank > 0: wait for rank 0's word, then run the same trainer as a follower (no lease, no
+        status; the trainer writes nothing on this rank). Its log goes to log.rank<r>.txt."""
+        import logging
+        import traceback
+
+        from cluster import stages
+        from vtp_core.runtime import Diverged, Preempted, StageContext, pick_device, stop_on_signals
+
+        st, rank = self.stage, os.environ.get("RANK", "?")
+        word = _broadcast(None) if _ntasks() > 1 and self.stage.kind in DATA_PARALLEL else "single-process stage"
+        if word != "run":
+            print(f"stage {st.id} rank {rank}: nothing to do ({word})", flush=True)
+            return f"follower: {word}"
+        log = logging.getLogger(f"vtp.stage.{st.id}.rank{rank}")
+        log.setLevel(logging.INFO)
+        handler = logging.FileHandler(store.dir(st.id) / f"log.rank{rank}.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        dev = pick_device(self.device)
+        inputs = {kind: store.dir(up) for kind, up in st.upstream}
+        ctx = StageContext(out=store.dir(st.id), inputs=inputs, device=dev, progress=False, log=log,
+                           stop_requested=flag, services=stages.services(st.kind, inputs, dev))
+        try:
+            with stop_on_signals(flag):
+                stages.entry(st.kind)(st.cfg, ctx)
+            state = "done"
+        except Preempted:
+            state = "preempted"
+        except Diverged:
+            state = "diverged"
+        except Exception:
+            log.error("rank %s failed:\n%s", rank, traceback.format_exc())
+            raise
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+        print(f"stage {st.id} rank {rank}: {state}", flush=True)
+        return f"follower: {state}"
 
     # ------------------------------------------------------------------ helpers
     def _wait_for_running_upstream(self, store: Store) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from cluster import stages as stage_registry
 from cluster.store import Store
@@ -37,8 +38,11 @@ def _logger(path: Path) -> tuple[logging.Logger, logging.Handler]:
 
 
 def run_stage(store: Store, stage, device: str | None = None, progress: bool = True,
-              job_id: str | None = None, stop: StopFlag | None = None) -> str:
-    """Run `stage` (a sweeps.plan.Stage) if needed. Returns the resulting state or 'busy'/'blocked'."""
+              job_id: str | None = None, stop: StopFlag | None = None,
+              on_start: Callable[[], None] | None = None) -> str:
+    """Run `stage` (a sweeps.plan.Stage) if needed. Returns the resulting state or 'busy'/'blocked'.
+    `on_start` is called under the lease just before the entry function (a multi-task job's rank 0
+    tells the other ranks to join there)."""
     if store.is_done(stage.id):
         return "done"
     for kind, up in stage.upstream:
@@ -75,6 +79,8 @@ def run_stage(store: Store, stage, device: str | None = None, progress: bool = T
                                    stop_requested=flag, heartbeat=lambda info: store.heartbeat(stage.id, **info),
                                    services=stage_registry.services(stage.kind, inputs, dev))
                 t0 = time.time()
+                if on_start is not None:
+                    on_start()
                 metrics = stage_registry.entry(stage.kind)(stage.cfg, ctx)
                 metrics = dict(metrics or {})
                 metrics.setdefault("wall_s", round(time.time() - t0, 3))
