@@ -16,6 +16,7 @@ import numpy as np
 
 from dit_eval.frechet import feature_stats
 from vtp_core.cfg import versioned_dict
+from vtp_core.data import take
 from vtp_core.runtime import StageError, atomic_write_bytes
 
 
@@ -59,7 +60,7 @@ def compute_refstats(cfg, out: Path, extractor, images: np.ndarray) -> dict:
         raise StageError(f"refstats: asked for n_images={n} but split '{cfg.split}' has {len(images)}")
     if n < 2:
         raise StageError("refstats: need at least 2 images")
-    mu, sigma = feature_stats(extractor(images[:n]))
+    mu, sigma = feature_stats(extractor(take(images, slice(0, n))))  # lazy user data: decoded batch by batch
     save_stats(Path(out) / "stats.npz", mu, sigma, n)
     return {"extractor": extractor.name, "extractor_sha": extractor.sha, "dim": extractor.dim,
             "data": versioned_dict(cfg.data), "split": cfg.split, "n": n, "wall_s": round(time.time() - t0, 3)}

@@ -89,7 +89,7 @@ SECTIONS: dict[str, type] = {
 }
 TOP_LEVEL = ("name", "description", "resources", *SECTIONS)
 SET_BY_GRID_OR_PLANNER = {"recipe", "encoder", "seed", "steps", "data"}
-NESTED_DATA_SECTIONS = {"refstats", "latents"}  # their `data` comes from the study's `eval_data:`
+NESTED_DATA_SECTIONS = {"refstats", "latents", "probe"}  # their `data` comes from the study's `eval_data:`
 
 
 def _fmt(v: Any) -> str:
@@ -208,6 +208,10 @@ def validate(study: Study, where: str) -> None:
         _check_choice(d.dataset, ("fashion_mnist", "imagefolder", "tar"), f"{where}: {sec}.dataset")
         if d.dataset != "fashion_mnist" and not d.path:
             raise SpecError(f"{where}: {sec}.path: required for dataset {d.dataset!r} (a folder or shard pattern you supply)")
+        _check_choice(d.storage, ("auto", "memory", "lazy"), f"{where}: {sec}.storage")
+        if sec == "eval_data" and d.dataset == "tar" and "{" in d.path:
+            raise SpecError(f"{where}: eval_data.path: a shard pattern ({d.path}) has no test split for the "
+                            f"probes; give a folder with train/ and val/ (e.g. ImageNet as imagefolder)")
         if d.image_size % t.patch:
             raise SpecError(f"{where}: {sec}.image_size: {d.image_size} is not a multiple of tokenizer.patch={t.patch}")
     _check_choice(study.dit.size, dit_sizes.list_sizes(), f"{where}: dit.size")
@@ -260,6 +264,7 @@ def load_study(path: str | Path) -> Study:
     kw["tokenizer"] = dataclasses.replace(kw["tokenizer"], data=data)
     kw["refstats"] = dataclasses.replace(kw["refstats"], data=kw["eval_data"])
     kw["latents"] = dataclasses.replace(kw["latents"], data=kw["eval_data"])
+    kw["probe"] = dataclasses.replace(kw["probe"], data=kw["eval_data"])
     study = Study(name=name, path=str(path), description=description, resources=resources, **kw)
     validate(study, where)
     return study

@@ -6,6 +6,10 @@ caption templates) comes from a generator seeded by (seed, s).
 """
 from __future__ import annotations
 
+import functools
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -20,14 +24,21 @@ def _gen(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_perm(n: int, seed: int, epoch: int) -> np.ndarray:
+    """One epoch's sample order, drawn once (a 100M-image permutation takes seconds, a step milliseconds)."""
+    perm = torch.randperm(n, generator=_gen(seed, 1, epoch)).numpy()
+    perm.setflags(write=False)
+    return perm
+
+
 def sample_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
     """Indices of step `step`: positions [step*batch, (step+1)*batch) of concatenated epoch permutations."""
     start, out = step * batch, []
     while len(out) < batch:
         pos = start + len(out)
         epoch, off = divmod(pos, n)
-        perm = torch.randperm(n, generator=_gen(seed, 1, epoch)).numpy()
-        out.extend(perm[off: off + batch - len(out)].tolist())
+        out.extend(_epoch_perm(n, seed, epoch)[off: off + batch - len(out)].tolist())
     return np.asarray(out, dtype=np.int64)
 
 
@@ -96,3 +107,26 @@ def mask_tensors(masks: torch.Tensor) -> dict[str, torch.Tensor]:
     idx = flat.nonzero().squeeze(1)
     weight = (1.0 / per_img).expand_as(masks).flatten()[idx]
     return {"masks": masks, "mask_idx": idx, "mask_weight": weight}
+
+
+class Prefetcher:
+    """Builds step s+1's batch on a background thread while step s trains (lazily read data decodes
+    there). `make_batch` is a pure function of the step and draws only from its own generators, so
+    prefetching changes no number."""
+
+    def __init__(self, build: Callable[[int], dict], last_step: int):
+        self.build, self.last_step = build, last_step
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="batch")
+        self.pending: tuple[int, Future] | None = None
+
+    def __call__(self, step: int) -> dict:
+        if self.pending is not None and self.pending[0] == step:
+            batch = self.pending[1].result()
+        else:
+            batch = self.build(step)
+        nxt = step + 1
+        self.pending = (nxt, self.pool.submit(self.build, nxt)) if nxt < self.last_step else None
+        return batch
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -34,6 +34,9 @@ class DataConfig:
     path: str = unversioned("")  # fashion_mnist: default /usr/share/datasets/fashion-mnist
     checksum: str = ""  # optional sha256 of a manifest for user-supplied data (versioned: identifies the data)
     max_bad_fraction: float = unversioned(0.01)
+    # user data: "memory" decodes the split once into RAM, "lazy" reads images from their files on access
+    # (DataComp/LAION scale); "auto" picks lazy when the decoded split would exceed VTP_DECODED_MAX_GB (8)
+    storage: str = unversioned("auto")
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,10 @@ class TokenizerConfig:
 class ProbeConfig:
     """Understanding + reconstruction probes of a pretrained tokenizer."""
 
-    n_train: int = 2000  # linear-probe train images (from the train split)
+    n_train: int = 2000  # linear-probe train images (from the train split of `data`)
     n_test: int = 1000  # eval images (test split), also the rFID set
     probe_epochs: int = 30
     probe_lr: float = 1e-2
     seed: int = 0
     batch_size: int = unversioned(256)
+    data: DataConfig = DataConfig()  # the evaluation data (a study fills in its `eval_data:`)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vtp_core import distributed, flops, stage2
-from vtp_core.batches import caption_source, make_batch, sub_batch_sizes
+from vtp_core.batches import Prefetcher, caption_source, make_batch, sub_batch_sizes
 from vtp_core.config import TokenizerConfig
 from vtp_core.data import load_train
 from vtp_core.losses.lpips import load_lpips
@@ -117,41 +117,46 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
                                broadcast_buffers=False)
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not ctx.progress, leave=False)
     model.train()
-    while step < cfg.steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        batch = make_batch(cfg, images, labels, step, active, captions, device)
-        with autocast:
-            losses = net(batch, teacher_temp_at(cfg, step))
-        total = losses["total"]
-        # global-batch means of every loss in one all-reduce: the logged curve does not depend on the
-        # world size, and every rank takes the same branch on a non-finite total
-        names = list(losses)
-        seen = distributed.mean_across(torch.stack([losses[k].detach().float() for k in names])).tolist()
-        if not math.isfinite(seen[names.index("total")]):
-            raise Diverged(step, seen[names.index("total")])
-        opt.zero_grad(set_to_none=True)
-        total.backward()  # under DDP: gradients averaged over ranks
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-        if not torch.isfinite(grad_norm):
-            raise Diverged(step, float(grad_norm))
-        opt.step()
-        if teacher is not None:
-            teacher.update(model, ema_momentum_at(cfg, step))
-        step += 1
-        window = {k: (window.get(k, []) + [v])[-cfg.log_every:] for k, v in zip(names, seen)}
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            means = {k: sum(v) / len(v) for k, v in window.items()}
-            bar.set_postfix(loss=f"{means['total']:.4f}")
-            log.info("pretrain step %d/%d %s", step, cfg.steps, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
-            ctx.heartbeat({"step": step, "steps": cfg.steps, "loss": means["total"]})
-        stop = distributed.any_across(ctx.stop_requested())
-        if step % cfg.ckpt_every == 0 or stop:
-            save()
-            if stop and step < cfg.steps:
-                bar.close()
-                raise Preempted(f"pretrain stopped at step {step}; checkpoint {ctx.ckpt_path}")
+    # step s+1's batch is built on a thread while step s trains (pure in the step: changes no number)
+    next_batch = Prefetcher(lambda s: make_batch(cfg, images, labels, s, active, captions, device), cfg.steps)
+    try:
+        while step < cfg.steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            batch = next_batch(step)
+            with autocast:
+                losses = net(batch, teacher_temp_at(cfg, step))
+            total = losses["total"]
+            # global-batch means of every loss in one all-reduce: the logged curve does not depend on the
+            # world size, and every rank takes the same branch on a non-finite total
+            names = list(losses)
+            seen = distributed.mean_across(torch.stack([losses[k].detach().float() for k in names])).tolist()
+            if not math.isfinite(seen[names.index("total")]):
+                raise Diverged(step, seen[names.index("total")])
+            opt.zero_grad(set_to_none=True)
+            total.backward()  # under DDP: gradients averaged over ranks
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+            if not torch.isfinite(grad_norm):
+                raise Diverged(step, float(grad_norm))
+            opt.step()
+            if teacher is not None:
+                teacher.update(model, ema_momentum_at(cfg, step))
+            step += 1
+            window = {k: (window.get(k, []) + [v])[-cfg.log_every:] for k, v in zip(names, seen)}
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                means = {k: sum(v) / len(v) for k, v in window.items()}
+                bar.set_postfix(loss=f"{means['total']:.4f}")
+                log.info("pretrain step %d/%d %s", step, cfg.steps, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
+                ctx.heartbeat({"step": step, "steps": cfg.steps, "loss": means["total"]})
+            stop = distributed.any_across(ctx.stop_requested())
+            if step % cfg.ckpt_every == 0 or stop:
+                save()
+                if stop and step < cfg.steps:
+                    bar.close()
+                    raise Preempted(f"pretrain stopped at step {step}; checkpoint {ctx.ckpt_path}")
+    finally:
+        next_batch.close()
     bar.close()
     save()
 

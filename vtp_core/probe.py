@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from vtp_core.config import ProbeConfig
-from vtp_core.data import CLASS_NAMES, TEMPLATES, class_names, load_split, normalize, subset_indices, to_uint8
+from vtp_core.data import (CLASS_NAMES, TEMPLATES, class_names, load_split, normalize, subset_indices, take,
+                           to_uint8)
 from vtp_core.runtime import StageContext, StageError
 from vtp_core.tokenizer import Tokenizer, load_tokenizer
 
@@ -92,7 +93,7 @@ def rfid(real: np.ndarray, recon: np.ndarray, ctx: StageContext, data_tag: str) 
 def run(cfg: ProbeConfig, ctx: StageContext) -> dict:
     device = ctx.device
     tok = load_tokenizer(ctx.input("pretrain"), device)
-    data = tok.cfg.data
+    data = cfg.data
     tr_img, tr_lab = load_split(data, "train")
     te_img, te_lab = load_split(data, "test")
     if cfg.n_train > len(tr_img) or cfg.n_test > len(te_img):
@@ -100,7 +101,9 @@ def run(cfg: ProbeConfig, ctx: StageContext) -> dict:
                          f"({len(tr_img)}/{len(te_img)})")
     tr_idx = np.sort(subset_indices(len(tr_img), cfg.n_train, cfg.seed))
     te_idx = np.sort(subset_indices(len(te_img), cfg.n_test, cfg.seed))
-    tr_img, tr_lab, te_img, te_lab = tr_img[tr_idx], tr_lab[tr_idx], te_img[te_idx], te_lab[te_idx]
+    # the train subset stays lazy for large user data (features are extracted batch by batch); the test
+    # subset is compared pixel-wise with its reconstructions, so it is decoded
+    tr_img, tr_lab, te_img, te_lab = take(tr_img, tr_idx), tr_lab[tr_idx], np.asarray(take(te_img, te_idx)), te_lab[te_idx]
 
     f_tr = extract_features(tok, tr_img, cfg.batch_size, device)
     f_te = extract_features(tok, te_img, cfg.batch_size, device)

@@ -36,6 +36,8 @@ BAD = [  # (yaml, substrings the one-line error must contain)
     ("dit: {ema: [0.9]}\n", ["dit.ema", "expected a number"]),
     ("data: {dataset: cifar}\n", ["data.dataset", "'cifar'", "fashion_mnist"]),
     ("data: {dataset: imagefolder}\n", ["data.path", "required"]),
+    ("data: {storage: disk}\n", ["data.storage", "'disk'", "lazy"]),
+    ("eval_data: {dataset: tar, path: '/d/{0..9}.tar'}\n", ["eval_data.path", "shard pattern", "no test split"]),
     ("sample: {sampler: dopri5}\n", ["sample.sampler", "'dopri5'", "euler"]),
     ("grid: [1, 2]\n", ["grid", "expected a mapping"]),
     ("- just\n- a list\n", ["expected a mapping"]),

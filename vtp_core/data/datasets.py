@@ -6,6 +6,8 @@ Why plain arrays: the tokenizer trainer, the probe, the latent cache and the ref
 all read the same images the same way; Fashion-MNIST (60k/10k, 28x28) fits in memory, is padded
 to 32x32 (or resized to `DataConfig.image_size`) and replicated to 3 channels.
 Subsets are nested: the first n indices of one permutation fixed by `subset_seed`.
+User data too large for memory is read lazily (`DataConfig.storage`, `data/lazy.py`): same interface,
+images decoded on access; use `take` for subsets so nothing is decoded before it is needed.
 """
 from __future__ import annotations
 
@@ -83,15 +85,42 @@ def class_names(cfg: DataConfig, split: str = "train") -> tuple[str, ...]:
     return CLASS_NAMES if cfg.dataset == "fashion_mnist" else _folder(cfg, split).class_names
 
 
+STORAGES = ("auto", "memory", "lazy")
+
+
 @functools.lru_cache(maxsize=4)
 def _folder(cfg: DataConfig, split: str):
-    from vtp_core.data.folders import load_folder_split
+    """User data of one split: decoded into memory (`folders.Loaded`) or read lazily (same fields)."""
+    from vtp_core.data.folders import Loaded, check_manifest, load_folder_split
+    from vtp_core.data.index import load_index
+    from vtp_core.data.lazy import LazyCaptions, LazyImages
 
     if cfg.dataset not in DATASETS:
         raise StageError(f"DataConfig.dataset: '{cfg.dataset}'; valid: {', '.join(DATASETS)}")
-    ld = load_folder_split(cfg, split)
-    ld.images.setflags(write=False)
-    return ld
+    if cfg.storage not in STORAGES:
+        raise StageError(f"DataConfig.storage: '{cfg.storage}'; valid: {', '.join(STORAGES)}")
+    index = load_index(cfg.path, cfg.dataset, split)
+    decoded_gb = len(index) * cfg.image_size ** 2 * 3 / 1e9
+    lazy = cfg.storage == "lazy" or (cfg.storage == "auto" and decoded_gb > float(os.environ.get("VTP_DECODED_MAX_GB", 8)))
+    if not lazy:
+        ld = load_folder_split(cfg, split, index)
+        ld.images.setflags(write=False)
+        return ld
+    if len(index) == 0:
+        raise StageError(f"DataConfig.path: no images under {index.root}")
+    check_manifest(cfg, index)
+    labels = np.asarray(index.label).astype(np.int64)
+    return Loaded(LazyImages(index, cfg.image_size, cfg.max_bad_fraction), labels, LazyCaptions(index),
+                  index.class_names, [], index.manifest_sha256)
+
+
+def take(data, idx):
+    """data[idx] for arrays and lists; a lazy view for lazily read images/captions (nothing decoded)."""
+    if hasattr(data, "subset"):
+        return data.subset(idx)
+    if isinstance(data, list):
+        return [data[i] for i in idx]
+    return data[idx]
 
 
 def subset_indices(n_total: int, n: int, seed: int) -> np.ndarray:
@@ -106,7 +135,7 @@ def load_train(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """The tokenizer's pre-training set: the nested subset (cfg.n_train, cfg.subset_seed) of 'train'."""
     imgs, labels = load_split(cfg, "train")
     idx = train_indices(cfg, len(imgs))
-    return imgs[idx], labels[idx]
+    return take(imgs, idx), labels[idx]
 
 
 def train_indices(cfg: DataConfig, n_total: int) -> np.ndarray:
@@ -116,4 +145,4 @@ def train_indices(cfg: DataConfig, n_total: int) -> np.ndarray:
 def load_train_captions(cfg: DataConfig) -> list[str] | None:
     """Captions aligned with `load_train` (None for class-labelled data)."""
     caps = load_captions(cfg, "train")
-    return None if caps is None else [caps[i] for i in train_indices(cfg, len(caps))]
+    return None if caps is None else take(caps, train_indices(cfg, len(caps)))

@@ -4,28 +4,28 @@ Layout: `<DataConfig.path>/<split>/` ('test' may also be called 'val') holding e
 (`<class>/<name>.<img ext>`) or `*.tar` shards whose members are grouped by key (`<key>.<img ext>`,
 `<key>.txt` / `<key>.json` caption, optional `<key>.cls` label). Extensions are case-insensitive.
 A caption comes from the `.txt` (or `.json` "caption"/"text") next to the image, else from the class
-template. Images are decoded once, centre-cropped and resized to `image_size` (ADM `center_crop_arr`)
-and kept in memory as uint8 NHWC, like Fashion-MNIST: this is the laptop/small-cluster path.
+template. Where the bytes lie comes from a cached byte-range index (`data/index.py`). Here a split is
+decoded once, centre-cropped and resized to `image_size` (ADM `center_crop_arr`) and kept in memory
+as uint8 NHWC, like Fashion-MNIST (the laptop/small-cluster path; `data/lazy.py` is the other).
 Unreadable images are skipped, counted and logged by path; more than `max_bad_fraction` stops the
-stage. `DataConfig.checksum`, when set, must equal the sha256 of the (path, size) manifest.
+stage. `DataConfig.checksum`, when set, must equal the sha256 of the (name, size) manifest.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
-import json
 import logging
-import tarfile
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from vtp_core.config import DataConfig
+from vtp_core.data.index import DataIndex, load_index
 from vtp_core.runtime import StageError
 
-IMG_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 log = logging.getLogger("vtp.data")
 
 
@@ -51,97 +51,68 @@ def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
     return arr[top:top + size, left:left + size]
 
 
-def _caption_from(data: bytes, ext: str) -> str | None:
-    text = data.decode("utf-8", errors="replace")
-    if ext == ".json":
+def decode(index: DataIndex, i: int, size: int) -> np.ndarray:
+    """Image i of the index, ADM-preprocessed to uint8 (size, size, 3); raises on unreadable bytes."""
+    with Image.open(io.BytesIO(index.image_bytes(i))) as im:
+        return center_crop_arr(im, size)
+
+
+def decode_many(index: DataIndex, ids, size: int) -> list[np.ndarray | Exception]:
+    """Decode several images on a thread pool (PIL releases the GIL while decoding and resizing)."""
+    def one(i):
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-        text = obj.get("caption") or obj.get("text") or "" if isinstance(obj, dict) else ""
-    return text.strip() or None
-
-
-def split_dir(cfg: DataConfig, split: str) -> Path:
-    root = Path(cfg.path)
-    if not cfg.path:
-        raise StageError(f"DataConfig.path: required for dataset '{cfg.dataset}'")
-    names = [split] + (["val"] if split == "test" else [])
-    for name in names:
-        if (root / name).is_dir():
-            return root / name
-    raise StageError(f"DataConfig.path: {root} has no '{'/'.join(names)}' folder for split '{split}'")
-
-
-def _records_imagefolder(d: Path):
-    """(source id, image bytes loader, class name, caption or None) per image, sorted."""
-    classes = sorted(p.name for p in d.iterdir() if p.is_dir())
-    for cls in classes:
-        for f in sorted((d / cls).iterdir()):
-            if f.suffix.lower() not in IMG_EXT:
-                continue
-            cap = None
-            for side in sorted(f.parent.glob(f"{f.stem}.*")):
-                if side.suffix.lower() in (".txt", ".json"):
-                    cap = _caption_from(side.read_bytes(), side.suffix.lower())
-                    break
-            yield str(f), f.read_bytes, cls, cap, f.stat().st_size
-
-
-def _records_tar(d: Path):
-    for shard in sorted(p for p in d.iterdir() if p.suffix.lower() == ".tar"):
-        with tarfile.open(shard) as tf:
-            groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-            for m in tf.getmembers():
-                if m.isfile():
-                    key, dot, ext = m.name.rpartition(".")
-                    if dot:
-                        groups.setdefault(key, {})["." + ext.lower()] = m
-            for key in sorted(groups):
-                g = groups[key]
-                img = next((m for e, m in g.items() if e in IMG_EXT), None)
-                if img is None:
-                    continue
-                cap = None
-                for e in (".txt", ".json"):
-                    if e in g:
-                        cap = _caption_from(tf.extractfile(g[e]).read(), e)
-                        break
-                cls = tf.extractfile(g[".cls"]).read().decode().strip() if ".cls" in g else ""
-                data = tf.extractfile(img).read()
-                yield f"{shard}:{img.name}", (lambda b=data: b), cls, cap, img.size
-
-
-def load_folder_split(cfg: DataConfig, split: str) -> Loaded:
-    d = split_dir(cfg, split)
-    records = _records_tar(d) if cfg.dataset == "tar" else _records_imagefolder(d)
-    images, classes, caps, bad, manifest = [], [], [], [], hashlib.sha256()
-    for src, read, cls, cap, size in records:
-        manifest.update(f"{Path(src).name if cfg.dataset != 'tar' else src.split(':')[-1]}\t{size}\n".encode())
-        try:
-            with Image.open(io.BytesIO(read())) as im:
-                images.append(center_crop_arr(im, cfg.image_size))
+            return decode(index, int(i), size)
         except Exception as exc:  # noqa: BLE001 - any decode failure means "unreadable image"
-            bad.append(src)
-            log.warning("data: skipping unreadable image %s (%s)", src, type(exc).__name__)
-            continue
-        classes.append(cls)
-        caps.append(cap)
-    total = len(images) + len(bad)
+            return exc
+
+    if len(ids) < 8:
+        return [one(i) for i in ids]
+    return list(_pool().map(one, ids))
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(min(16, os.cpu_count() or 1), thread_name_prefix="decode")
+
+
+def load_folder_split(cfg: DataConfig, split: str, index: DataIndex | None = None) -> Loaded:
+    """Every image of the split decoded into memory; unreadable ones skipped, counted and logged."""
+    index = index or load_index(cfg.path, cfg.dataset, split)
+    total = len(index)
     if total == 0:
-        raise StageError(f"DataConfig.path: no images under {d}")
-    if len(bad) / total > cfg.max_bad_fraction:
-        raise StageError(f"{d}: {len(bad)}/{total} unreadable images exceed max_bad_fraction={cfg.max_bad_fraction} "
-                         f"(first: {bad[0]})")
-    sha = manifest.hexdigest()
-    if cfg.checksum and cfg.checksum != sha:
-        raise StageError(f"DataConfig.checksum: {d} manifest sha256 is {sha}, config says '{cfg.checksum}'")
-    names = tuple(sorted({c for c in classes if c}))
-    labels = np.array([names.index(c) if c else -1 for c in classes], dtype=np.int64)
+        raise StageError(f"DataConfig.path: no images under {index.root}")
+    images, keep, bad = [], [], []
+    for i, img in enumerate(decode_many(index, range(total), cfg.image_size)):
+        if isinstance(img, Exception):
+            bad.append(index.source(i))
+            log.warning("data: skipping unreadable image %s (%s)", bad[-1], type(img).__name__)
+            continue
+        images.append(img)
+        keep.append(i)
+    check_bad_fraction(bad, total, cfg.max_bad_fraction, index.root)
+    check_manifest(cfg, index)
+    labels = np.asarray(index.label)[keep].astype(np.int64)
+    captions = [default_caption(index.caption(i), lab, index.class_names) for i, lab in zip(keep, labels)]
+    if bad:
+        log.warning("data: %d of %d images under %s unreadable and skipped", len(bad), total, index.root)
+    return Loaded(np.ascontiguousarray(np.stack(images)), labels, captions, index.class_names, bad,
+                  index.manifest_sha256)
+
+
+def check_bad_fraction(bad: list[str], total: int, max_fraction: float, where) -> None:
+    if total and len(bad) / total > max_fraction:
+        raise StageError(f"{where}: {len(bad)}/{total} unreadable images exceed max_bad_fraction={max_fraction} "
+                         f"(first: {', '.join(bad[:5])})")
+
+
+def check_manifest(cfg: DataConfig, index: DataIndex) -> None:
+    if cfg.checksum and cfg.checksum != index.manifest_sha256:
+        raise StageError(f"DataConfig.checksum: {index.root} manifest sha256 is {index.manifest_sha256}, "
+                         f"config says '{cfg.checksum}'")
+
+
+def default_caption(cap: str | None, label: int, names: tuple[str, ...]) -> str:
+    """The file's caption, else the class template, else a neutral one."""
     from vtp_core.data.captions import caption as template_caption
 
-    captions = [c if c else (template_caption(int(lab), 0, names) if lab >= 0 else "a photo.")
-                for c, lab in zip(caps, labels)]
-    if bad:
-        log.warning("data: %d of %d images under %s unreadable and skipped", len(bad), total, d)
-    return Loaded(np.ascontiguousarray(np.stack(images)), labels, captions, names, bad, sha)
+    return cap if cap else (template_caption(int(label), 0, names) if label >= 0 else "a photo.")
