@@ -5,23 +5,36 @@ file's sha256 is a versioned config field (`lpips_sha256`) while its path is not
 the perceptual term is off and the trainer says so in the log (never silently).
 
 File format (torch.save, weights_only): {"features.<i>.weight"/".bias": torchvision VGG16 `features`
-conv weights, "lin.<k>.weight": (1, C_k, 1, 1) LPIPS linear heads for the 5 slices}.
+conv weights, "lin.<k>.weight": (1, C_k, 1, 1) LPIPS linear heads for the 5 slices}. Build it once
+from the two official files (torchvision's ImageNet VGG16 and the `lpips` package's v0.1 heads):
+
+    python -m vtp_core.losses.lpips --vgg vgg16-397923af.pth --lin lpips/weights/v0.1/vgg.pth --out lpips_vgg16.pt
+
+It prints the file's sha256 and the `tokenizer:` lines to paste into a study. One format only: the
+converter is the single place that knows the official layouts.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtp_core.runtime import StageError
+from vtp_core.runtime import StageError, atomic_torch_save
 
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 _TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision indices
 _CHANNELS = (64, 128, 256, 512, 512)
+_CONVERT = ("python -m vtp_core.losses.lpips --vgg vgg16-397923af.pth --lin lpips/weights/v0.1/vgg.pth "
+            "--out lpips_vgg16.pt")
+_VGG_HINT = "torchvision VGG16 ImageNet weights, e.g. vgg16-397923af.pth"
+_LIN_HINT = "the lpips package's lpips/weights/v0.1/vgg.pth"
 
 
 class LPIPS(nn.Module):
@@ -69,6 +82,51 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _shapes() -> dict[str, tuple[int, ...]]:
+    """Our file's keys and shapes, read off the module (on meta: no allocation) so they cannot drift."""
+    with torch.device("meta"):
+        net = LPIPS()
+    return {k: tuple(v.shape) for k, v in net.state_dict().items() if k not in ("shift", "scale")}
+
+
+def _load_state(path: Path, what: str) -> dict:
+    """torch.load(weights_only) of a state dict, or a one-line StageError naming the file."""
+    if not path.is_file():
+        raise StageError(f"{path}: not found (expected {what})")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)  # the lpips heads were saved on CUDA
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a foreign file
+        first = (str(exc).splitlines() or [""])[0].split(". ")[0][:200]  # not torch's weights_only=False advice
+        raise StageError(f"{path}: not a torch weights file (expected {what}): "
+                         f"{type(exc).__name__}: {first}") from exc
+    if not isinstance(sd, dict):
+        raise StageError(f"{path}: holds a {type(sd).__name__}, expected a state dict ({what})")
+    return sd
+
+
+def _take(sd: dict, path: Path, key: str, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    v = sd.get(key)
+    if not isinstance(v, torch.Tensor):
+        raise StageError(f"{path}: missing key '{key}' (expected {what}, shape {shape})")
+    if tuple(v.shape) != shape:
+        raise StageError(f"{path}: '{key}' has shape {tuple(v.shape)}, expected {shape} ({what})")
+    return v.detach().to(torch.float32).clone()  # own storage: the saved file holds only these weights
+
+
+def convert(vgg_path: str | Path, lin_path: str | Path, out_path: str | Path) -> str:
+    """Write our LPIPS file from the two official files (checking every key and shape); return its sha256."""
+    vgg_path, lin_path, out_path = Path(vgg_path), Path(lin_path), Path(out_path)
+    vgg, lin = _load_state(vgg_path, _VGG_HINT), _load_state(lin_path, _LIN_HINT)
+    out = {}
+    for key, shape in _shapes().items():
+        if key.startswith("lin."):  # ours lin.<k>.weight <- lpips lin<k>.model.1.weight (model.0 is Dropout)
+            out[key] = _take(lin, lin_path, f"lin{key.split('.')[1]}.model.1.weight", shape, _LIN_HINT)
+        else:
+            out[key] = _take(vgg, vgg_path, key, shape, _VGG_HINT)
+    atomic_torch_save(out, out_path)
+    return sha256_file(out_path)
+
+
 def load_lpips(cfg, log: logging.Logger, device: str | torch.device = "cpu") -> LPIPS | None:
     """The LPIPS net of `cfg.lpips_weights` (sha256 must equal `cfg.lpips_sha256`), or None with a warning."""
     if not cfg.lpips_weights:
@@ -83,9 +141,41 @@ def load_lpips(cfg, log: logging.Logger, device: str | torch.device = "cpu") -> 
     if digest != cfg.lpips_sha256:
         raise StageError(f"TokenizerConfig.lpips_sha256: {path} has sha256 {digest}, config says "
                          f"'{cfg.lpips_sha256}'")
+    sd = _load_state(path, f"an LPIPS file written by: {_CONVERT}")
+    expected = _shapes()
+    shape = {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    problems = {
+        "missing": [k for k in expected if k not in shape],
+        "unexpected": [k for k in sd if k not in expected],
+        "wrong shape": [k for k, s in expected.items() if k in shape and shape[k] != s],
+    }
+    if any(problems.values()):
+        found = ", ".join(f"{name} {keys[:3]}" for name, keys in problems.items() if keys)
+        raise StageError(f"TokenizerConfig.lpips_weights: {path} is not our LPIPS VGG16 file ({found}); "
+                         f"build it from the official weights with: {_CONVERT}")
     net = LPIPS()
-    missing, unexpected = net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
-    missing = [k for k in missing if k not in ("shift", "scale")]
-    if missing or unexpected:
-        raise StageError(f"{path}: not an LPIPS VGG16 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    net.load_state_dict(sd, strict=False)  # keys checked above; only the shift/scale constants are not in the file
     return net.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vtp_core.losses.lpips",
+                                 description="Convert the official VGG16 + LPIPS v0.1 weights to our LPIPS file.")
+    ap.add_argument("--vgg", required=True, help=_VGG_HINT)
+    ap.add_argument("--lin", required=True, help=_LIN_HINT)
+    ap.add_argument("--out", required=True, help="the file to write (point TokenizerConfig.lpips_weights at it)")
+    args = ap.parse_args(argv)
+    try:
+        sha = convert(args.vgg, args.lin, args.out)
+    except StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    print(f"wrote {out}\nsha256 {sha}\n"
+          f"tokenizer:  # in the study (merge into its tokenizer: block if it has one)\n"
+          f"  lpips_weights: {json.dumps(str(out))}\n  lpips_sha256: {json.dumps(sha)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
