@@ -54,6 +54,7 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
             "dit_flops": dit.get("dit_flops", c.dit_flops), "seed": c.seed,
             "rfid": _val(rfid), "linear_probe": _val(probe.get("linear_probe")),
             "linear_probe_pre": _val(probe.get("linear_probe_pre")), "zero_shot": _val(probe.get("zero_shot")),
+            "zero_shot_top5": _val(probe.get("zero_shot_top5")),
             "gfid": _val(gfid), "gfid_protocol": gfid.get("protocol_hash"),
             "rfid_protocol": rfid.get("protocol_hash"), "dit_spec": dit_spec, "status": status, "reason": reason,
         }
@@ -61,7 +62,7 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
             row[f"{kind}_id"] = c.stages[kind]
         rows.append(row)
     df = pd.DataFrame(rows)
-    for col in ("rfid", "linear_probe", "linear_probe_pre", "zero_shot", "gfid"):
+    for col in ("rfid", "linear_probe", "linear_probe_pre", "zero_shot", "zero_shot_top5", "gfid"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
 

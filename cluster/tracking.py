@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 PARAMS = ("recipe", "encoder", "encoder_params", "data_size", "budget_flops", "seed", "tokenizer_steps")
-METRICS = ("gfid", "rfid", "linear_probe", "linear_probe_pre", "zero_shot", "tokenizer_flops", "dit_flops")
+METRICS = ("gfid", "rfid", "linear_probe", "linear_probe_pre", "zero_shot", "zero_shot_top5", "tokenizer_flops",
+           "dit_flops")
 
 
 def git_commit(cwd: str | Path = ".") -> str:

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from vtp_core.config import ProbeConfig
-from vtp_core.data import (CLASS_NAMES, TEMPLATES, class_names, load_split, normalize, subset_indices, take,
+from vtp_core.data import (CLASS_NAMES, class_names, load_split, normalize, subset_indices, take,
                            to_uint8)
+from vtp_core.data.captions import zero_shot_prompts
 from vtp_core.runtime import StageContext, StageError
 from vtp_core.tokenizer import Tokenizer, load_tokenizer
 
@@ -54,15 +55,17 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
 
 @torch.no_grad()
 def zero_shot_accuracy(tok: Tokenizer, images: np.ndarray, labels: np.ndarray, batch: int, device: str,
-                       names: tuple[str, ...] = CLASS_NAMES) -> float:
-    """Class embedding = renormalised mean of normalised template embeddings; top-1 of image·classᵀ."""
+                       names: tuple[str, ...] = CLASS_NAMES) -> tuple[float, float]:
+    """(top-1, top-5) of image·classᵀ; class embedding = renormalised mean of normalised prompt embeddings."""
     classes = []
     for name in names:
-        t = tok.embed_text([tpl.format(name.lower()) for tpl in TEMPLATES]).mean(0)
+        t = tok.embed_text([prompt(name) for prompt in zero_shot_prompts(names)]).mean(0)
         classes.append(F.normalize(t, dim=-1))
     w = torch.stack(classes)
-    preds = torch.cat([(e @ w.t()).argmax(1).cpu() for e in _batched(tok.embed_image, images, batch, device)])
-    return float((preds.numpy() == labels).mean())
+    k = min(5, len(names))
+    top = torch.cat([(e @ w.t()).topk(k, dim=1).indices.cpu() for e in _batched(tok.embed_image, images, batch, device)])
+    hit = top == torch.from_numpy(np.asarray(labels)).view(-1, 1)
+    return float(hit[:, 0].float().mean()), float(hit.any(1).float().mean())
 
 
 @torch.no_grad()
@@ -115,7 +118,8 @@ def run(cfg: ProbeConfig, ctx: StageContext) -> dict:
         "n_train": int(len(tr_img)), "n_test": int(len(te_img)),
     }
     if tok.has_clip:
-        out["zero_shot"] = zero_shot_accuracy(tok, te_img, te_lab, cfg.batch_size, device, class_names(data))
+        out["zero_shot"], out["zero_shot_top5"] = zero_shot_accuracy(tok, te_img, te_lab, cfg.batch_size, device,
+                                                                     class_names(data))
     else:
         out["zero_shot"], out["zero_shot_reason"] = None, f"recipe '{tok.cfg.recipe}' has no CLIP head"
     recon = reconstruct(tok, te_img, cfg.batch_size, device)

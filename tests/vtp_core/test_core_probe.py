@@ -36,7 +36,7 @@ def test_probe_stage_metrics(recipe, tiny_cfg, make_ctx, fid_services):
     if recipe == "ae":
         assert m["zero_shot"] is None and "no CLIP" in m["zero_shot_reason"]
     else:
-        assert 0.0 <= m["zero_shot"] <= 1.0
+        assert 0.0 <= m["zero_shot"] <= m["zero_shot_top5"] <= 1.0
     assert m["rfid"]["value"] > 0 and m["rfid"]["n_samples"] == 100 and m["rfid"]["extractor"] == "randproj8"
     assert 0 < m["psnr"] < 100
 
@@ -46,3 +46,19 @@ def test_probe_without_services_records_reason(tiny_cfg, make_ctx):
     pretrain.run(dataclasses.replace(tiny_cfg, recipe="ae", steps=1), tok_ctx)
     m = probe.run(ProbeConfig(n_train=50, n_test=20, probe_epochs=1), make_ctx("probe", inputs={"pretrain": tok_ctx.out}))
     assert m["rfid"]["value"] is None and m["rfid"]["reason"]
+
+
+def test_class_names_for_prompts(tmp_path):
+    from vtp_core.data.captions import readable_class_names, zero_shot_prompts
+    from vtp_core.runtime import StageError
+
+    wnids = tuple(f"n{i:08d}" for i in range(1000))
+    names = readable_class_names(wnids)  # ImageNet folders: OpenCLIP's names, the 80 OpenAI templates
+    assert names[:2] == ("tench", "goldfish") and len(names) == 1000
+    assert len(zero_shot_prompts(names)) == 80 and zero_shot_prompts(names)[0]("tench") == "a bad photo of a tench."
+    assert readable_class_names(("cat", "dog"), tmp_path) == ("cat", "dog")
+    (tmp_path / "classnames.txt").write_text("house cat\nbig dog\n")
+    assert readable_class_names(("cat", "dog"), tmp_path) == ("house cat", "big dog")
+    assert zero_shot_prompts(("Big Dog",))[0]("Big Dog") == "a photo of a big dog."
+    with pytest.raises(StageError, match="2 names for 3 class folders"):
+        readable_class_names(("a", "b", "c"), tmp_path)

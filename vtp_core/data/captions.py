@@ -2,8 +2,18 @@
 
 Fashion-MNIST has no captions, so text is "a photo of a {class}" style templates (OpenAI CLIP
 prompt engineering); training draws a template per image, zero-shot averages over all of them.
+ImageNet (1000 WordNet-id folders) gets OpenCLIP's class names and the 80 OpenAI templates, the
+VTP zero-shot protocol (METHOD.md §5.8), read from the open-clip-torch wheel without importing it.
 """
 from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from pathlib import Path
+from typing import Callable
+
+from vtp_core.runtime import StageError
 
 CLASS_NAMES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                                 "Sneaker", "Bag", "Ankle boot")
@@ -22,3 +32,38 @@ TEMPLATES: tuple[str, ...] = (
 
 def caption(label: int, template: int = 0, class_names: tuple[str, ...] = CLASS_NAMES) -> str:
     return TEMPLATES[template % len(TEMPLATES)].format(class_names[label].lower())
+
+
+@functools.lru_cache(maxsize=1)
+def _openclip_metadata():
+    spec = importlib.util.find_spec("open_clip")
+    root = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if root is None or not (root / "zero_shot_metadata.py").is_file():
+        raise StageError("open_clip/zero_shot_metadata.py not found (ImageNet class names and templates); "
+                         "install it with `pip install --no-deps open-clip-torch`")
+    mod_spec = importlib.util.spec_from_file_location("_vtp_open_clip_zero_shot", root / "zero_shot_metadata.py")
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)  # plain tuples of names and template lambdas, no imports
+    return tuple(mod.IMAGENET_CLASSNAMES), tuple(mod.OPENAI_IMAGENET_TEMPLATES)
+
+
+def readable_class_names(folder_names: tuple[str, ...], root: Path | None = None) -> tuple[str, ...]:
+    """Names for prompts: `<root>/classnames.txt` (one per line, in sorted-folder order) if present;
+    OpenCLIP's names for the 1000 ImageNet WordNet-id folders; else the folder names themselves."""
+    listing = root / "classnames.txt" if root is not None else None
+    if listing is not None and listing.is_file():
+        names = tuple(ln.strip() for ln in listing.read_text().splitlines() if ln.strip())
+        if len(names) != len(folder_names):
+            raise StageError(f"{listing}: {len(names)} names for {len(folder_names)} class folders; "
+                             f"one name per line, in sorted folder order")
+        return names
+    if len(folder_names) == 1000 and all(re.fullmatch(r"n\d{8}", n) for n in folder_names):
+        return _openclip_metadata()[0]
+    return folder_names
+
+
+def zero_shot_prompts(names: tuple[str, ...]) -> tuple[Callable[[str], str], ...]:
+    """Prompt functions averaged per class: the 80 OpenAI templates for ImageNet, else TEMPLATES."""
+    if len(names) == 1000 and names == _openclip_metadata()[0]:
+        return _openclip_metadata()[1]
+    return tuple(functools.partial(lambda t, c: t.format(c.lower()), t) for t in TEMPLATES)

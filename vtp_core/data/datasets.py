@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vtp_core.config import DataConfig
-from vtp_core.data.captions import CLASS_NAMES
+from vtp_core.data.captions import CLASS_NAMES, readable_class_names
 from vtp_core.runtime import StageError
 
 FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
@@ -82,7 +82,9 @@ def load_captions(cfg: DataConfig, split: str) -> list[str] | None:
 
 def class_names(cfg: DataConfig, split: str = "train") -> tuple[str, ...]:
     """Class names for templates / zero-shot (folder names for user data)."""
-    return CLASS_NAMES if cfg.dataset == "fashion_mnist" else _folder(cfg, split).class_names
+    if cfg.dataset == "fashion_mnist":
+        return CLASS_NAMES
+    return readable_class_names(_folder(cfg, split).class_names, Path(cfg.path) if "{" not in cfg.path else None)
 
 
 STORAGES = ("auto", "memory", "lazy")
