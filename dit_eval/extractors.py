@@ -93,7 +93,8 @@ class Extractor:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
+        if not (hasattr(images, "dtype") and hasattr(images, "ndim")):  # arrays and lazy images pass as they are
+            images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
             raise StageError(f"extractor {self.name}: expects uint8 NHWC, got {images.dtype} {images.shape}")
         out = [self._net(self._prep(images[i:i + self._bs], self._device)).double().cpu()
