@@ -120,3 +120,19 @@ def test_pretrain_on_lazy_data_equals_memory(shards, make_ctx):
         weights.append(load_checkpoint(ctx.out / "tokenizer.pt")["model"])
     assert len(load_train(dataclasses.replace(data, storage="lazy"))[0]) == 12
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_index_cli_prints_checksum_and_lists_unreadable(tmp_path, capsys):
+    d = tmp_path / "bad"
+    d.mkdir()
+    _shard(d / "00000.tar", 0, 6, broken=2)
+    pattern = str(d / "{00000..00000}.tar")
+    bad_list = tmp_path / "bad.txt"
+    assert data_index.main(["--dataset", "tar", "--path", pattern, "--decode", "--image-size", "16",
+                            "--bad-list", str(bad_list)]) == 0
+    out = capsys.readouterr().out
+    sha = data_index.load_index(pattern, "tar", "train").manifest_sha256
+    assert "6 images" in out and f"data.checksum: {sha}" in out and "1 unreadable" in out
+    assert bad_list.read_text().strip().endswith("00000.tar:k0002.png")
+    assert data_index.main(["--dataset", "tar", "--path", str(d / "{00000..00001}.tar")]) == 2
+    assert "missing" in capsys.readouterr().err

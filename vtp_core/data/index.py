@@ -236,3 +236,46 @@ def load_index(path: str, dataset: str, split: str) -> DataIndex:
     meta = json.loads((cache / "meta.json").read_text())
     cols = {name: np.load(cache / f"{name}.npy", mmap_mode="r") for name in COLUMNS}
     return DataIndex(Path(meta["root"]), meta["files"], tuple(meta["class_names"]), meta["manifest_sha256"], cols)
+
+
+# ---------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    """`python -m vtp_core.data.index --dataset tar --path '/d/{00000..00099}.tar'` builds (or reads) the
+    index and prints what a study needs: image count, classes and the manifest sha256 for
+    `data.checksum`. `--decode` also decodes every image (a pre-scan) and writes the unreadable ones to
+    `--bad-list` (one path per line)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m vtp_core.data.index", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--dataset", choices=("tar", "imagefolder"), required=True)
+    ap.add_argument("--path", required=True, help="folder with train/ and val/, or a tar shard pattern")
+    ap.add_argument("--split", default="train", choices=("train", "test"))
+    ap.add_argument("--decode", action="store_true", help="decode every image and list the unreadable ones")
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--bad-list", default="unreadable.txt")
+    args = ap.parse_args(argv)
+    try:
+        index = load_index(args.path, args.dataset, args.split)
+    except StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n_cap = int((np.asarray(index.cap_file) >= 0).sum())
+    print(f"{len(index)} images under {index.root} ({n_cap} with captions, {len(index.class_names)} classes)")
+    print(f"data.checksum: {index.manifest_sha256}")
+    if args.decode:
+        from tqdm.auto import tqdm
+
+        from vtp_core.data.folders import decode_many
+
+        bad = []
+        for start in tqdm(range(0, len(index), 256), desc="decode", unit_scale=256):
+            ids = range(start, min(len(index), start + 256))
+            bad += [index.source(i) for i, r in zip(ids, decode_many(index, ids, args.image_size)) if isinstance(r, Exception)]
+        atomic_write_text(Path(args.bad_list), "".join(f"{b}\n" for b in bad))
+        print(f"{len(bad)} unreadable ({len(bad) / max(1, len(index)):.3%}); listed in {args.bad_list}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
