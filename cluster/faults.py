@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="results/faults")
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--max-delay", type=float, default=None, help="default: the uninterrupted run time")
-    ap.add_argument("--min-delay", type=float, default=2.0, help="kills before this are mostly in imports")
+    ap.add_argument("--min-delay", type=float, default=None,
+                    help="default: the driver's start-up time (a re-run of the finished study) + 0.5 s")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     from sweeps.schema import load_study, study_path
@@ -77,9 +78,11 @@ def main(argv=None) -> int:
     work = Path(args.workdir)
     ref, hurt = work / "uninterrupted", work / "killed"
     t_ref = run_to_end(args.study, ref)
-    # spread the kills over the whole run (each restart also pays ~4 s of imports)
-    delays = inject(args.study, hurt, args.kills, args.max_delay or (4.0 + 2.0 * t_ref / args.kills), args.seed,
-                    min_delay=args.min_delay)
+    t_start = run_to_end(args.study, ref)  # start-up only (imports, planning): the study is finished
+    # spread the kills over the whole run, after each restart's start-up
+    min_delay = t_start + 0.5 if args.min_delay is None else args.min_delay
+    delays = inject(args.study, hurt, args.kills, args.max_delay or (min_delay + 2.0 * t_ref / args.kills), args.seed,
+                    min_delay=min_delay)
     run_to_end(args.study, hurt)
     diff = compare(ref, hurt, name)
     print(f"uninterrupted run {t_ref:.1f}s; killed {len(delays)} times at {delays}")
