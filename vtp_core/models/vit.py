@@ -3,7 +3,8 @@
 Why this shape (METHOD.md §1.1-1.2): patch conv, one CLS token, no absolute position embedding,
 axial 2D RoPE (base 100, centred coords in [-1, 1]) on patch tokens only, pre-norm blocks with
 RMSNorm + SwiGLU + SDPA. The latent is `Linear(D->c, bias=False)` on the final-norm patch tokens,
-deterministic (no KL/noise). Blocks and RoPE are timm's (`EvaBlock`, `RotaryEmbeddingDinoV3`).
+deterministic (no KL/noise). Blocks are timm's `EvaBlock` math and RoPE is timm's `RotaryEmbeddingDinoV3`
+table, in the leaner form of `vtp_core.models.layers` (faster on CPU, same model).
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import functools
 
 import torch
 import torch.nn as nn
-from timm.layers import LayerNorm, RmsNormFp32, RotaryEmbeddingDinoV3, trunc_normal_
-from timm.models.eva import EvaBlock
+import torch.nn.functional as F
+from timm.layers import LayerNorm, trunc_normal_
 
-from vtp_core.registry import ViTSize
+from vtp_core.models.layers import Block, RmsNorm, dinov3_rope
+from vtp_core.registry import ViTSize, swiglu_hidden
 
 
 def init_weights(module: nn.Module) -> None:
@@ -26,21 +28,18 @@ def init_weights(module: nn.Module) -> None:
 
 
 class RopeStack(nn.Module):
-    """N pre-norm EvaBlocks sharing one axial 2D RoPE over an (h, w) token grid after `n_prefix` tokens."""
+    """N pre-norm blocks sharing one axial 2D RoPE over an (h, w) token grid after `n_prefix` tokens."""
 
     def __init__(self, size: ViTSize, norm: str, n_prefix: int, rope_base: float = 100.0):
         super().__init__()
-        norm_layer = functools.partial(RmsNormFp32, eps=1e-5) if norm == "rms" else functools.partial(LayerNorm, eps=1e-6)
-        self.rope = RotaryEmbeddingDinoV3(size.width // size.heads, temperature=rope_base, rotate_half=True)
-        self.blocks = nn.ModuleList(
-            EvaBlock(size.width, size.heads, qkv_bias=True, mlp_ratio=size.mlp_ratio * 2 / 3, swiglu_mlp=True,
-                     swiglu_align_to=8, num_prefix_tokens=n_prefix, rotate_half=True, norm_layer=norm_layer)
-            for _ in range(size.depth)
-        )
+        norm_layer = functools.partial(RmsNorm, eps=1e-5) if norm == "rms" else functools.partial(LayerNorm, eps=1e-6)
+        self.head_dim, self.n_prefix, self.rope_base = size.width // size.heads, n_prefix, rope_base
+        hidden = swiglu_hidden(size.width, size.mlp_ratio)
+        self.blocks = nn.ModuleList(Block(size.width, size.heads, hidden, norm_layer) for _ in range(size.depth))
         self.norm = norm_layer(size.width)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        rope = self.rope.get_embed(list(hw)).to(x.device)
+        rope = dinov3_rope(self.head_dim, tuple(hw), self.rope_base, self.n_prefix, x.device)
         for blk in self.blocks:
             x = blk(x, rope=rope)
         return self.norm(x)
@@ -93,7 +92,9 @@ class PixelDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h, w = z.shape[-2:]
-        t = self.conv_in(z).flatten(2).transpose(1, 2)
+        # the 1x1 convs run as per-token Linears on their own weights: the stream stays token-major (B, N, D)
+        # with no layout copies, and a CPU matmul is cheaper than a 1x1 convolution
+        t = F.linear(z.flatten(2).transpose(1, 2), self.conv_in.weight.flatten(1), self.conv_in.bias)
         t = self.stack(t, (h, w))
-        t = t.transpose(1, 2).reshape(t.shape[0], -1, h, w)
-        return self.shuffle(self.conv_out(t))
+        y = F.linear(t, self.conv_out.weight.flatten(1), self.conv_out.bias)
+        return self.shuffle(y.transpose(1, 2).reshape(y.shape[0], -1, h, w))

@@ -1,0 +1,58 @@
+"""The lean transformer pieces (`vtp_core.models.layers`) compute timm's functions exactly: RoPE against
+timm's `apply_rot_embed_cat` (DINOv3 rotate-half up to the documented channel relabelling, and
+LightningDiT's interleaved `RotaryEmbeddingCat`), RMSNorm and its hand-written backward against
+`F.rms_norm` under autograd, and the q/k/v split's backward against autograd's."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import RotaryEmbeddingCat, RotaryEmbeddingDinoV3, apply_rot_embed_cat
+
+from vtp_core.models.layers import _SplitHeads, apply_rope, dinov3_rope, eva_rope, rms_norm
+
+CPU = torch.device("cpu")
+
+
+def test_dinov3_rope_equals_timm_rotate_half_up_to_channel_order():
+    hd, hw = 16, (3, 4)
+    x = torch.randn(2, 3, 1 + hw[0] * hw[1], hd)
+    emb = RotaryEmbeddingDinoV3(hd, temperature=100.0, rotate_half=True).get_embed(list(hw))
+    ref = torch.cat([x[:, :, :1], apply_rot_embed_cat(x[:, :, 1:], emb, half=True)], 2)  # CLS not rotated
+    pairs = torch.stack([torch.arange(hd // 2), torch.arange(hd // 2) + hd // 2], 1).flatten()  # i, i+hd/2
+    torch.testing.assert_close(apply_rope(x[..., pairs], dinov3_rope(hd, hw, 100.0, 1, CPU)), ref[..., pairs],
+                               rtol=0, atol=1e-6)
+
+
+def test_eva_rope_equals_timm_interleaved():
+    hd, grid = 16, 4
+    x = torch.randn(2, 3, grid * grid, hd)
+    emb = RotaryEmbeddingCat(dim=hd, in_pixels=False, feat_shape=[grid, grid]).get_embed()
+    torch.testing.assert_close(apply_rope(x, eva_rope(hd, grid, CPU)), apply_rot_embed_cat(x, emb), rtol=0, atol=1e-6)
+
+
+def test_rms_norm_forward_and_backward_match_autograd():
+    x = torch.randn(4, 7, 32, requires_grad=True)
+    w = torch.randn(32, requires_grad=True)
+    dy = torch.randn(4, 7, 32)
+    ours = rms_norm(x, w, 1e-5)
+    (gx, gw) = torch.autograd.grad(ours, (x, w), dy)
+    ref = F.rms_norm(x, (32,), w, 1e-5)
+    (rx, rw) = torch.autograd.grad(ref, (x, w), dy)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+def test_split_heads_backward_matches_autograd():
+    b, n, h, hd = 2, 5, 3, 8
+    qkv = torch.randn(b, n, 3, h, hd, requires_grad=True)
+    rope = dinov3_rope(hd, (1, n), 100.0, 0, CPU)
+    grads = [torch.randn(b, h, n, hd) for _ in range(3)]
+    ours = _SplitHeads.apply(qkv, rope)
+    g1 = torch.autograd.grad(ours, qkv, grads)[0]
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    ref = (apply_rope(q, rope), apply_rope(k, rope), v)
+    g2 = torch.autograd.grad(ref, qkv, grads)[0]
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r)
+    torch.testing.assert_close(g1, g2)

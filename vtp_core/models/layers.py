@@ -1,0 +1,177 @@
+"""Transformer pieces shared by the ViT tokenizer and the DiT: 2D RoPE tables, attention, SwiGLU, block.
+
+Why our own and not timm's `EvaBlock` / `SwiGLU` / `RmsNorm` / `apply_rot_embed_cat`: the math is the
+same, but on CPU (no fused kernels there) their elementwise glue made a small model's step slower than
+a plain ViT's: RoPE built from slice/cat/neg/mul/add, RMSNorm's composite backward, gradients stacked
+and then copied back to the qkv layout. Here RoPE is one complex multiply per q/k with a table cached
+per (grid, device), RMSNorm has a closed-form backward, and the q/k/v gradients are written straight
+into the qkv layout: the same numbers with fewer passes over memory (bench/ measures the step against
+timm and diffusers references).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import RotaryEmbeddingCat, RotaryEmbeddingDinoV3
+
+
+def _complex_table(emb: torch.Tensor, half: bool, n_prefix: int) -> torch.Tensor:
+    """timm's [sin | cos] table (N, 2*hd) -> one unit complex per channel pair (n_prefix + N, hd/2);
+    prefix tokens get 1 + 0j (not rotated)."""
+    sin, cos = emb.float().chunk(2, -1)
+    hd = sin.shape[-1]
+    sin, cos = (sin[:, : hd // 2], cos[:, : hd // 2]) if half else (sin[:, 0::2], cos[:, 0::2])
+    table = torch.complex(cos, sin)
+    return torch.cat([torch.ones(n_prefix, hd // 2, dtype=table.dtype), table]) if n_prefix else table
+
+
+@functools.lru_cache(maxsize=64)
+def dinov3_rope(head_dim: int, hw: tuple[int, int], base: float, n_prefix: int, device: torch.device) -> torch.Tensor:
+    """Axial 2D RoPE of timm's `RotaryEmbeddingDinoV3(rotate_half=True)` (DINOv3 coordinates, periods
+    base^(4i/hd)) for an (h, w) grid after `n_prefix` unrotated tokens, as a complex (n_prefix+h*w, hd/2) table.
+
+    rotate_half pairs q/k channel i with i + hd/2. `Attention` stores those channels interleaved instead
+    (pair i = channels 2i, 2i+1): a fixed relabelling of the q/k rows of the qkv projection, so the same
+    function family and the same i.i.d. init, which lets each pair be rotated by one complex multiply.
+    """
+    with torch.device("cpu"):  # built once on CPU (also under a `meta` default device), then moved
+        emb = RotaryEmbeddingDinoV3(head_dim, temperature=base, rotate_half=True).get_embed(list(hw))
+        return _complex_table(emb, half=True, n_prefix=n_prefix).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def eva_rope(head_dim: int, grid: int, device: torch.device) -> torch.Tensor:
+    """LightningDiT's 2D RoPE (timm `RotaryEmbeddingCat`, interleaved pairs) on a grid x grid token map,
+    as a complex (grid*grid, hd/2) table."""
+    with torch.device("cpu"):
+        emb = RotaryEmbeddingCat(dim=head_dim, in_pixels=False, feat_shape=[grid, grid]).get_embed()
+        return _complex_table(emb, half=False, n_prefix=0).to(device)
+
+
+def _pairs(x: torch.Tensor) -> torch.Tensor:
+    """(..., hd) real -> (..., hd/2) complex view (a copy only if the channel dim is not unit-stride)."""
+    return torch.view_as_complex((x if x.stride(-1) == 1 else x.contiguous()).unflatten(-1, (-1, 2)))
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x (..., N, hd) by the complex table (N, hd/2); float32 out."""
+    return torch.view_as_real(_pairs(x.float()) * rope).flatten(-2)
+
+
+class _SplitHeads(torch.autograd.Function):
+    """qkv (B, N, 3, H, hd) -> q, k (RoPE-rotated if `rope` is given) and v as (B, H, N, hd). Backward
+    writes the three gradients straight into one buffer in the qkv layout, where autograd would stack
+    them and copy the stack back to that layout (two full passes)."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, rope: torch.Tensor | None):
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        ctx.rope = rope
+        if rope is not None:
+            q, k = apply_rope(q, rope).to(v.dtype), apply_rope(k, rope).to(v.dtype)
+        return q, k, v
+
+    @staticmethod
+    def backward(ctx, gq: torch.Tensor, gk: torch.Tensor, gv: torch.Tensor):
+        g = torch.empty((gv.shape[0], gv.shape[2], 3, gv.shape[1], gv.shape[3]), dtype=gv.dtype, device=gv.device)
+        for i, (slot, grad) in enumerate(zip(g.permute(2, 0, 3, 1, 4), (gq, gk, gv))):
+            if grad is None:
+                slot.zero_()
+            elif ctx.rope is None or i == 2:  # v is not rotated
+                slot.copy_(grad)
+            else:  # inverse rotation (a contiguous product, then one strided copy: faster than mul(out=slot))
+                slot.copy_(apply_rope(grad, ctx.rope.conj()))
+        return g, None
+
+
+class _RmsNorm(torch.autograd.Function):
+    """y = x * rsqrt(mean(x^2) + eps) (* weight) with the closed-form backward
+    dx = r * (dy - y * mean(dy * y)), about half the passes of F.rms_norm's composite on CPU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        y = x * r
+        ctx.save_for_backward(y, r, weight)
+        return y if weight is None else y * weight
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        y, r, weight = ctx.saved_tensors
+        gy = g if weight is None else g * weight
+        gx = torch.addcmul(gy, y, (gy * y).mean(-1, keepdim=True), value=-1).mul_(r)
+        gw = None if weight is None else (g * y).flatten(0, -2).sum(0)
+        return gx, gw, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, computed in float32 (timm `RmsNormFp32` numerics), cast back to x's dtype."""
+    return _RmsNorm.apply(x.float(), None if weight is None else weight.float(), eps).to(x.dtype)
+
+
+class RmsNorm(nn.Module):
+    """RMSNorm with a learned scale (`rms_norm`)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class SwiGLU(nn.Module):
+    """timm's SwiGLU (fc2(silu(fc1_g x) * fc1_x x), no dropout/norm); two (H, D) projections, not one
+    packed (2H, D): packed measured slower on CPU (strided halves, a cat)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1_g, self.fc1_x, self.fc2 = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.silu(self.fc1_g(x)) * self.fc1_x(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention via SDPA on views of the qkv projection, RoPE on q and k (`_SplitHeads`).
+    `k_bias=False` is the EVA/DINOv3 variant: q and v biases only (DINOv3 masks the k bias out)."""
+
+    def __init__(self, dim: int, heads: int, k_bias: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=k_bias)
+        if not k_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        b, n, d = x.shape
+        if self.qkv.bias is None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+            qkv = F.linear(x, self.qkv.weight, bias)
+        else:
+            qkv = self.qkv(x)
+        q, k, v = _SplitHeads.apply(qkv.view(b, n, 3, self.heads, d // self.heads), rope)
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm block x + attn(norm1(x)), x + mlp(norm2(x)) as timm's EvaBlock with SwiGLU (no layer
+    scale, no drop path), EVA attention biases (q, v)."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, norm_layer):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, heads, k_bias=False)
+        self.norm2 = norm_layer(dim)
+        self.mlp = SwiGLU(dim, mlp_hidden)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope)
+        return x + self.mlp(self.norm2(x))
