@@ -8,11 +8,11 @@ VTP zero-shot protocol (METHOD.md §5.8), read from the open-clip-torch wheel wi
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 from pathlib import Path
 from typing import Callable
 
+from vtp_core.openclip_files import open_clip_module
 from vtp_core.runtime import StageError
 
 CLASS_NAMES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -36,14 +36,7 @@ def caption(label: int, template: int = 0, class_names: tuple[str, ...] = CLASS_
 
 @functools.lru_cache(maxsize=1)
 def _openclip_metadata():
-    spec = importlib.util.find_spec("open_clip")
-    root = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-    if root is None or not (root / "zero_shot_metadata.py").is_file():
-        raise StageError("open_clip/zero_shot_metadata.py not found (ImageNet class names and templates); "
-                         "install it with `pip install --no-deps open-clip-torch`")
-    mod_spec = importlib.util.spec_from_file_location("_vtp_open_clip_zero_shot", root / "zero_shot_metadata.py")
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)  # plain tuples of names and template lambdas, no imports
+    mod = open_clip_module("zero_shot_metadata.py", "ImageNet class names and templates")  # tuples, no imports
     return tuple(mod.IMAGENET_CLASSNAMES), tuple(mod.OPENAI_IMAGENET_TEMPLATES)
 
 

@@ -10,31 +10,22 @@ matter, and a 49408-row table would otherwise dominate a CPU training step.
 from __future__ import annotations
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from timm.layers import LayerNorm
 from timm.models.eva import EvaBlock
 
+from vtp_core.openclip_files import open_clip_file, open_clip_module
 from vtp_core.registry import TextSize
-from vtp_core.runtime import StageError
 
 VOCAB_SIZE = 49408
 
 
 @functools.lru_cache(maxsize=None)
 def _simple_tokenizer():
-    spec = importlib.util.find_spec("open_clip")
-    root = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-    if root is None or not (root / "bpe_simple_vocab_16e6.txt.gz").is_file():
-        raise StageError("CLIP BPE vocabulary open_clip/bpe_simple_vocab_16e6.txt.gz not found; "
-                         "install it with `pip install --no-deps open-clip-torch`")
-    mod_spec = importlib.util.spec_from_file_location("_vtp_open_clip_tokenizer", root / "tokenizer.py")
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.SimpleTokenizer(bpe_path=str(root / "bpe_simple_vocab_16e6.txt.gz"))
+    vocab = open_clip_file("bpe_simple_vocab_16e6.txt.gz", "the CLIP BPE vocabulary")
+    return open_clip_module("tokenizer.py", "the CLIP BPE tokenizer").SimpleTokenizer(bpe_path=str(vocab))
 
 
 def tokenize(texts: list[str] | str, context_length: int) -> torch.Tensor:
