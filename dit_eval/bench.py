@@ -101,7 +101,25 @@ def bench_extractor(stage_dir, n_images: int = 64, image_size: int = 32, device:
     return {"bench": "extractor", "name": ext.name, "n_images": n_images, "images_per_s": n_images / dt}
 
 
-def rows(frechet_dim: int = 2048, extractor_dir=None) -> list[dict]:
+def built_extractors(root) -> dict[str, tuple]:
+    """Both extractors built into `root` (inception: the bundled TorchScript file, checksum-verified;
+    fmnist_cnn: a few training steps on random images, enough to time it), with their input size."""
+    from pathlib import Path
+
+    from dit_eval.config import ExtractorConfig
+    from dit_eval.extractors import build_fmnist_cnn, build_inception
+
+    root = Path(root)
+    (root / "inception").mkdir(parents=True, exist_ok=True)
+    (root / "fmnist_cnn").mkdir(parents=True, exist_ok=True)
+    build_inception(ExtractorConfig(name="inception"), root / "inception")
+    rng = np.random.default_rng(0)
+    data = (rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 64))
+    build_fmnist_cnn(ExtractorConfig(train_steps=2), root / "fmnist_cnn", data, data)
+    return {"inception": (root / "inception", 256), "fmnist_cnn": (root / "fmnist_cnn", 32)}
+
+
+def rows(frechet_dim: int = 2048, extractors: bool = True) -> list[dict]:
     """The benchmarks as `make bench` rows {bench, value, reference, ratio, ok} (bench/__main__.py format)."""
     out = []
     d = bench_dit_train_step()
@@ -112,8 +130,12 @@ def rows(frechet_dim: int = 2048, extractor_dir=None) -> list[dict]:
     out.append({"bench": f"frechet {frechet_dim}-d seconds (ref: scipy sqrtm)", "value": round(f["ours_s"], 3),
                 "reference": round(f["scipy_sqrtm_s"], 3), "ratio": round(f["ours_s"] / f["scipy_sqrtm_s"], 3),
                 "ok": f["rel_diff"] < 1e-6})
-    if extractor_dir is not None:
-        e = bench_extractor(extractor_dir)
-        out.append({"bench": f"extractor {e['name']} images/s", "value": round(e["images_per_s"], 1),
-                    "reference": None, "ratio": None, "ok": None})
+    if extractors:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, (stage_dir, size) in built_extractors(tmp).items():
+                e = bench_extractor(stage_dir, n_images=32, image_size=size)
+                out.append({"bench": f"extractor {name} images/s ({size}px uint8 in)",
+                            "value": round(e["images_per_s"], 1), "reference": None, "ratio": None, "ok": None})
     return out

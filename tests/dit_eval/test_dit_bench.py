@@ -14,3 +14,5 @@ def test_rows_format(monkeypatch):
     monkeypatch.setattr(b, "bench_dit_train_step", lambda: bench_dit_train_step(batch_size=2, iters=1))
     r = rows(frechet_dim=8)
     assert all(set(x) == {"bench", "value", "reference", "ratio", "ok"} for x in r) and r[1]["ok"] is True
+    assert {x["bench"].split()[1] for x in r if x["bench"].startswith("extractor")} == {"inception", "fmnist_cnn"}
+    assert all(x["value"] > 0 for x in r if x["bench"].startswith("extractor"))
