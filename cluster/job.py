@@ -182,10 +182,10 @@ class StageJob(submitit.helpers.Checkpointable):
     def _follow(self, store: Store, flag) -> str:
         """A rank > 0: wait for rank 0's word, then run the same trainer as a follower (no lease, no
         status; the trainer writes nothing on this rank). Its log goes to log.rank<r>.txt."""
-        import logging
         import traceback
 
         from cluster import stages
+        from cluster.runner import stage_logger
         from vtp_core.runtime import Diverged, Preempted, StageContext, pick_device, stop_on_signals
 
         st, rank = self.stage, os.environ.get("RANK", "?")
@@ -193,11 +193,7 @@ class StageJob(submitit.helpers.Checkpointable):
         if word != "run":
             print(f"stage {st.id} rank {rank}: nothing to do ({word})", flush=True)
             return f"follower: {word}"
-        log = logging.getLogger(f"vtp.stage.{st.id}.rank{rank}")
-        log.setLevel(logging.INFO)
-        handler = logging.FileHandler(store.dir(st.id) / f"log.rank{rank}.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
+        log, handler = stage_logger(store.dir(st.id), f"log.rank{rank}.txt")
         dev = pick_device(self.device)
         inputs = {kind: store.dir(up) for kind, up in st.upstream}
         ctx = StageContext(out=store.dir(st.id), inputs=inputs, device=dev, progress=False, log=log,

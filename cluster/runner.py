@@ -28,10 +28,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:500]
 
 
-def _logger(path: Path) -> tuple[logging.Logger, logging.Handler]:
-    log = logging.getLogger(f"vtp.stage.{path.name}")
+def stage_logger(path: Path, file: str = "log.txt") -> tuple[logging.Logger, logging.Handler]:
+    """A logger writing to `<stage folder>/<file>`; the caller removes and closes the handler."""
+    log = logging.getLogger(f"vtp.stage.{path.name}.{file}")
     log.setLevel(logging.INFO)
-    handler = logging.FileHandler(path / "log.txt")
+    handler = logging.FileHandler(path / file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return log, handler
@@ -63,7 +64,7 @@ def run_stage(store: Store, stage, device: str | None = None, progress: bool = T
         store.set_status(stage.id, "running", stage=stage.kind, attempts=int(st.get("attempts", 0)) + 1,
                          host=socket.gethostname(), pid=os.getpid(), job_id=job_id or os.environ.get("SLURM_JOB_ID"),
                          started=time.time(), heartbeat=time.time(), device=dev, reason=None)
-        log, handler = _logger(out)
+        log, handler = stage_logger(out)
         flag = stop or StopFlag()
         beat_stop = threading.Event()
 
