@@ -28,10 +28,19 @@ def _complex_table(emb: torch.Tensor, half: bool, n_prefix: int) -> torch.Tensor
     return torch.cat([torch.ones(n_prefix, hd // 2, dtype=table.dtype), table]) if n_prefix else table
 
 
+def _for_heads(table: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """(N, hd/2) -> (N, 2, heads, hd/2) contiguous: the table laid out like the q and k of one token in
+    the qkv projection. A complex multiply that broadcasts only over the batch runs over matching
+    contiguous rows: about 2.5x faster on CPU than broadcasting the small table over q/k and heads too."""
+    return table if heads is None else table[:, None, None].expand(-1, 2, heads, -1).contiguous()
+
+
 @functools.lru_cache(maxsize=64)
-def dinov3_rope(head_dim: int, hw: tuple[int, int], base: float, n_prefix: int, device: torch.device) -> torch.Tensor:
+def dinov3_rope(head_dim: int, hw: tuple[int, int], base: float, n_prefix: int, device: torch.device,
+                heads: int | None = None) -> torch.Tensor:
     """Axial 2D RoPE of timm's `RotaryEmbeddingDinoV3(rotate_half=True)` (DINOv3 coordinates, periods
-    base^(4i/hd)) for an (h, w) grid after `n_prefix` unrotated tokens, as a complex (n_prefix+h*w, hd/2) table.
+    base^(4i/hd)) for an (h, w) grid after `n_prefix` unrotated tokens, as a complex (n_prefix+h*w, hd/2)
+    table, or laid out for `Attention` with `heads` given: (N, 2, heads, hd/2).
 
     rotate_half pairs q/k channel i with i + hd/2. `Attention` stores those channels interleaved instead
     (pair i = channels 2i, 2i+1): a fixed relabelling of the q/k rows of the qkv projection, so the same
@@ -39,16 +48,16 @@ def dinov3_rope(head_dim: int, hw: tuple[int, int], base: float, n_prefix: int, 
     """
     with torch.device("cpu"):  # built once on CPU (also under a `meta` default device), then moved
         emb = RotaryEmbeddingDinoV3(head_dim, temperature=base, rotate_half=True).get_embed(list(hw))
-        return _complex_table(emb, half=True, n_prefix=n_prefix).to(device)
+        return _for_heads(_complex_table(emb, half=True, n_prefix=n_prefix), heads).to(device)
 
 
 @functools.lru_cache(maxsize=64)
-def eva_rope(head_dim: int, grid: int, device: torch.device) -> torch.Tensor:
+def eva_rope(head_dim: int, grid: int, device: torch.device, heads: int | None = None) -> torch.Tensor:
     """LightningDiT's 2D RoPE (timm `RotaryEmbeddingCat`, interleaved pairs) on a grid x grid token map,
-    as a complex (grid*grid, hd/2) table."""
+    as a complex (grid*grid, hd/2) table, or (N, 2, heads, hd/2) for `Attention` with `heads` given."""
     with torch.device("cpu"):
         emb = RotaryEmbeddingCat(dim=head_dim, in_pixels=False, feat_shape=[grid, grid]).get_embed()
-        return _complex_table(emb, half=False, n_prefix=0).to(device)
+        return _for_heads(_complex_table(emb, half=False, n_prefix=0), heads).to(device)
 
 
 def _pairs(x: torch.Tensor) -> torch.Tensor:
@@ -57,43 +66,60 @@ def _pairs(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2i, 2i+1) of x (..., N, hd) by the complex table (N, hd/2); float32 out."""
+    """Rotate channel pairs (2i, 2i+1) of x (..., hd) by the complex table `rope`, which broadcasts against
+    x's pairs: (N, hd/2) for x (..., N, hd); float32 out."""
     return torch.view_as_real(_pairs(x.float()) * rope).flatten(-2)
 
 
 class _SplitHeads(torch.autograd.Function):
-    """qkv (B, N, 3, H, hd) -> q, k (RoPE-rotated if `rope` is given) and v as (B, H, N, hd). Backward
-    writes the three gradients straight into one buffer in the qkv layout, where autograd would stack
-    them and copy the stack back to that layout (two full passes)."""
+    """qkv (B, N, 3, H, hd) -> q, k (RoPE-rotated if `rope`, a (N, 2, H, hd/2) table, is given) and v as
+    (B, H, N, hd) views of token-major (B, N, H, hd) memory.
+
+    Token-major on purpose: torch's CPU flash attention writes its output (and its input gradients) in
+    the layout of q, so token-major q/k make the output's (B, N, D) reshape for `proj` a free view and
+    let backward write each gradient into the qkv layout with matching strides. q and k are rotated in
+    one complex multiply; backward writes the three gradients straight into one buffer in the qkv
+    layout, where autograd would stack them and copy the stack back (two full passes)."""
 
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, rope: torch.Tensor | None):
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         ctx.rope = rope
-        if rope is not None:
-            q, k = apply_rope(q, rope).to(v.dtype), apply_rope(k, rope).to(v.dtype)
-        return q, k, v
+        v = qkv[:, :, 2]
+        if rope is None:
+            q, k = qkv[:, :, 0], qkv[:, :, 1]
+        else:  # q and k (B, N, 2, H, hd) in one complex multiply
+            rot = apply_rope(qkv[:, :, :2], rope).to(qkv.dtype)
+            q, k = rot[:, :, 0], rot[:, :, 1]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, gq: torch.Tensor, gk: torch.Tensor, gv: torch.Tensor):
-        g = torch.empty((gv.shape[0], gv.shape[2], 3, gv.shape[1], gv.shape[3]), dtype=gv.dtype, device=gv.device)
-        for i, (slot, grad) in enumerate(zip(g.permute(2, 0, 3, 1, 4), (gq, gk, gv))):
+        like = next(t for t in (gq, gk, gv) if t is not None)
+        b, h, n, hd = like.shape
+        g = torch.empty((b, n, 3, h, hd), dtype=like.dtype, device=like.device)
+        for i, grad in enumerate((gq, gk, gv)):
+            slot = g[:, :, i]  # (B, N, H, hd)
             if grad is None:
                 slot.zero_()
             elif ctx.rope is None or i == 2:  # v is not rotated
-                slot.copy_(grad)
-            else:  # inverse rotation (a contiguous product, then one strided copy: faster than mul(out=slot))
-                slot.copy_(apply_rope(grad, ctx.rope.conj()))
+                slot.copy_(grad.transpose(1, 2))
+            elif like.dtype == torch.float32:  # inverse rotation written in place, matching strides
+                torch.mul(_pairs(grad.transpose(1, 2)), ctx.rope[:, i].conj(), out=_pairs(slot))
+            else:
+                slot.copy_(apply_rope(grad.transpose(1, 2), ctx.rope[:, i].conj()))
         return g, None
 
 
 class _RmsNorm(torch.autograd.Function):
     """y = x * rsqrt(mean(x^2) + eps) (* weight) with the closed-form backward
-    dx = r * (dy - y * mean(dy * y)), about half the passes of F.rms_norm's composite on CPU."""
+    dx = r * (w*g - y * mean(w*g * y)), dw = sum(g * y). Full-size passes and temporaries kept to a minimum:
+    the norm is one reduction (`vector_norm`, no x^2 temporary) and g*y, which dw needs, is reused in place
+    for mean(w*g * y); about 2x faster than the plain composite on CPU at small widths. Bit-reproducible:
+    no BLAS mat-vec, whose rounding depends on memory alignment (resume must be exact)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
         y = x * r
         ctx.save_for_backward(y, r, weight)
         return y if weight is None else y * weight
@@ -101,14 +127,18 @@ class _RmsNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         y, r, weight = ctx.saved_tensors
-        gy = g if weight is None else g * weight
-        gx = torch.addcmul(gy, y, (gy * y).mean(-1, keepdim=True), value=-1).mul_(r)
-        gw = None if weight is None else (g * y).flatten(0, -2).sum(0)
-        return gx, gw, None
+        if weight is None:
+            return torch.addcmul(g, y, (g * y).mean(-1, keepdim=True), value=-1).mul_(r), None, None
+        gy = g * y
+        gw = gy.flatten(0, -2).sum(0)
+        m = gy.mul_(weight).mean(-1, keepdim=True)  # not a mat-vec: BLAS gemv rounds by memory alignment
+        return (g * weight).addcmul_(y, m, value=-1).mul_(r), gw, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, computed in float32 (timm `RmsNormFp32` numerics), cast back to x's dtype."""
+    if x.dtype == torch.float32 and (weight is None or weight.dtype == torch.float32):
+        return _RmsNorm.apply(x, weight, eps)  # no casts to dispatch
     return _RmsNorm.apply(x.float(), None if weight is None else weight.float(), eps).to(x.dtype)
 
 

@@ -33,13 +33,13 @@ class RopeStack(nn.Module):
     def __init__(self, size: ViTSize, norm: str, n_prefix: int, rope_base: float = 100.0):
         super().__init__()
         norm_layer = functools.partial(RmsNorm, eps=1e-5) if norm == "rms" else functools.partial(LayerNorm, eps=1e-6)
-        self.head_dim, self.n_prefix, self.rope_base = size.width // size.heads, n_prefix, rope_base
+        self.head_dim, self.heads, self.n_prefix, self.rope_base = size.width // size.heads, size.heads, n_prefix, rope_base
         hidden = swiglu_hidden(size.width, size.mlp_ratio)
         self.blocks = nn.ModuleList(Block(size.width, size.heads, hidden, norm_layer) for _ in range(size.depth))
         self.norm = norm_layer(size.width)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        rope = dinov3_rope(self.head_dim, tuple(hw), self.rope_base, self.n_prefix, x.device)
+        rope = dinov3_rope(self.head_dim, tuple(hw), self.rope_base, self.n_prefix, x.device, self.heads)
         for blk in self.blocks:
             x = blk(x, rope=rope)
         return self.norm(x)
@@ -97,4 +97,7 @@ class PixelDecoder(nn.Module):
         t = F.linear(z.flatten(2).transpose(1, 2), self.conv_in.weight.flatten(1), self.conv_in.bias)
         t = self.stack(t, (h, w))
         y = F.linear(t, self.conv_out.weight.flatten(1), self.conv_out.bias)
-        return self.shuffle(y.transpose(1, 2).reshape(y.shape[0], -1, h, w))
+        # PixelShuffle of the channel-major map, done from the token-major y in one copy instead of two:
+        # channel c*p*p + i*p + j of token (r, s) is pixel (c, r*p + i, s*p + j)
+        p, b = self.shuffle.upscale_factor, y.shape[0]
+        return y.view(b, h, w, -1, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, h * p, w * p)
