@@ -14,6 +14,7 @@ import torch.nn as nn
 from dit_eval.flow import training_loss
 from dit_eval.frechet import frechet_distance
 from dit_eval.models import create_dit, get_size
+from vtp_core.runtime import adamw
 
 
 class TimmBlockDiT(nn.Module):
@@ -40,7 +41,7 @@ class TimmBlockDiT(nn.Module):
 
 
 def _time_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int, warmup: int = 2) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), x.device, lr=1e-4)  # the trainers' optimizer, same for both sides
     for i in range(warmup + iters):
         if i == warmup:
             if x.is_cuda:

@@ -27,7 +27,7 @@ from dit_eval.flow import flow_loss, interpolate, sample_t, training_loss, veloc
 from dit_eval.latents import LatentStore, load_latents, load_stats
 from dit_eval.models import count_params, create_dit
 from vtp_core.cfg import to_dict
-from vtp_core.runtime import (Diverged, Preempted, StageError, atomic_torch_save, load_checkpoint, rng_state,
+from vtp_core.runtime import (Diverged, Preempted, StageError, adamw, atomic_torch_save, load_checkpoint, rng_state,
                               seed_everything, set_rng_state)
 
 
@@ -110,8 +110,8 @@ def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress:
     seed_everything(spec.seed)
     model = create_dit(spec.size, latent_shape[0], latent_shape[1], spec.num_classes, spec.class_dropout).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2),
-                            weight_decay=spec.weight_decay, fused=cuda)
+    opt = adamw(model.parameters(), device, lr=spec.lr, betas=(spec.beta1, spec.beta2),
+                weight_decay=spec.weight_decay)
     sampler = EpochSampler(n, spec.batch_size, spec.seed)
     step, losses = 0, []
 

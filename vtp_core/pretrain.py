@@ -27,7 +27,7 @@ from vtp_core.data import load_train
 from vtp_core.losses.lpips import load_lpips
 from vtp_core.objectives import Teacher, active_objectives, step_losses
 from vtp_core.registry import count_params
-from vtp_core.runtime import (Diverged, Preempted, StageContext, atomic_torch_save, load_checkpoint,
+from vtp_core.runtime import (Diverged, Preempted, StageContext, adamw, atomic_torch_save, load_checkpoint,
                               rng_state, seed_everything, set_rng_state)
 from vtp_core.schedules import ema_momentum_at, lr_at, teacher_temp_at
 from vtp_core.tokenizer import Tokenizer, tokenizer_payload
@@ -78,8 +78,7 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
     model = Tokenizer(cfg).to(device)
     teacher = Teacher(model).to(device) if model.lambda_ssl else None
     lpips = load_lpips(cfg, log, device)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                            fused=cuda or None)
+    opt = adamw(param_groups(model, cfg.weight_decay), device, lr=cfg.lr, betas=tuple(cfg.betas))
     s2 = stage2.Stage2(model, cfg, device) if cfg.stage2_steps > 0 else None
     images, labels = load_train(cfg.data)
     active = active_objectives(model)

@@ -19,7 +19,7 @@ from vtp_core.batches import make_batch
 from vtp_core.config import TokenizerConfig
 from vtp_core.losses.gan import PatchGAN, adaptive_weight, hinge_d_loss, hinge_g_loss
 from vtp_core.losses.rec import reconstruction_loss
-from vtp_core.runtime import Diverged, Preempted, StageContext
+from vtp_core.runtime import Diverged, Preempted, StageContext, adamw
 from vtp_core.tokenizer import Tokenizer
 
 
@@ -28,11 +28,8 @@ class Stage2:
 
     def __init__(self, model: Tokenizer, cfg: TokenizerConfig, device: torch.device):
         self.disc = PatchGAN(3, cfg.disc_channels, cfg.disc_layers).to(device)
-        fused = device.type == "cuda" or None
-        self.opt_g = torch.optim.AdamW(model.decoder.parameters(), lr=cfg.stage2_lr, betas=(0.5, 0.9),
-                                       weight_decay=0.0, fused=fused)
-        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.stage2_lr, betas=(0.5, 0.9),
-                                       weight_decay=0.0, fused=fused)
+        self.opt_g = adamw(model.decoder.parameters(), device, lr=cfg.stage2_lr, betas=(0.5, 0.9), weight_decay=0.0)
+        self.opt_d = adamw(self.disc.parameters(), device, lr=cfg.stage2_lr, betas=(0.5, 0.9), weight_decay=0.0)
         self.step = 0
 
     def state_dict(self) -> dict:
