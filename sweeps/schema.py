@@ -35,7 +35,7 @@ import yaml
 
 from dit_eval.config import DiTSpec, ExtractorConfig, FIDConfig, LatentsConfig, RefStatsConfig, SampleConfig
 from sweeps.errors import SpecError
-from vtp_core.config import RECIPES, DataConfig, ProbeConfig, TokenizerConfig
+from vtp_core.config import RECIPES, ZERO_SHOT_RESIZES, DataConfig, ProbeConfig, TokenizerConfig
 
 GRID_AXES = ("recipe", "encoder", "data_size", "budget_flops", "seed")
 
@@ -214,6 +214,7 @@ def validate(study: Study, where: str) -> None:
                             f"probes; give a folder with train/ and val/ (e.g. ImageNet as imagefolder)")
         if d.image_size % t.patch:
             raise SpecError(f"{where}: {sec}.image_size: {d.image_size} is not a multiple of tokenizer.patch={t.patch}")
+    _check_choice(study.probe.zero_shot_resize, ZERO_SHOT_RESIZES, f"{where}: probe.zero_shot_resize")
     _check_choice(study.dit.size, dit_sizes.list_sizes(), f"{where}: dit.size")
     _check_positive(study.dit, ("steps", "batch_size", "lr"), f"{where}: dit")
     _check_choice(study.extractor.name, ("fmnist_cnn", "inception"), f"{where}: extractor.name")

@@ -111,3 +111,9 @@ class ProbeConfig:
     seed: int = 0
     batch_size: int = unversioned(256)
     data: DataConfig = DataConfig()  # the evaluation data (a study fills in its `eval_data:`)
+    # zero-shot preprocessing: "squash" = VTP's Resize((S, S)), whole image, no crop (METHOD.md §5.8);
+    # "center_crop" = the ADM crop the linear probe and rFID use. Versioned: it changes zero-shot numbers.
+    zero_shot_resize: str = "squash"
+
+
+ZERO_SHOT_RESIZES = ("squash", "center_crop")

@@ -3,9 +3,11 @@
 What the VTP scaling plots need on their other axes (METHOD.md §5.7-5.9): a linear probe on the
 bottleneck features (the paper's "understanding" axis) and on the pre-bottleneck CLS token (the
 released script's features), CLIP zero-shot with averaged class-template prompts, and rFID/PSNR of
-reconstructions. vtp_core cannot import dit_eval, so FID features and the Fréchet distance arrive as
-`ctx.services["fid_features"]` and `ctx.services["frechet"]`; real and reconstructed images go through
-the same extractor and the same `to_uint8`.
+reconstructions. As in VTP, zero-shot sees the test images squashed to a square (`Resize((S, S))`,
+§5.8; `ProbeConfig.zero_shot_resize`) while the linear probe, PSNR and rFID see the ADM centre crop
+(§5.7): the same test subset, decoded twice. vtp_core cannot import dit_eval, so FID features and the
+Fréchet distance arrive as `ctx.services["fid_features"]` and `ctx.services["frechet"]`; real and
+reconstructed images go through the same extractor and the same `to_uint8`.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vtp_core.config import ProbeConfig
-from vtp_core.data import (CLASS_NAMES, class_names, load_split, normalize, subset_indices, take,
-                           to_uint8)
+from vtp_core.config import ZERO_SHOT_RESIZES, ProbeConfig
+from vtp_core.data import (CLASS_NAMES, class_names, load_images, load_split, normalize, subset_indices,
+                           take, to_uint8)
 from vtp_core.data.captions import zero_shot_prompts
 from vtp_core.runtime import StageContext, StageError
 from vtp_core.tokenizer import Tokenizer, load_tokenizer
@@ -94,6 +96,8 @@ def rfid(real: np.ndarray, recon: np.ndarray, ctx: StageContext, data_tag: str) 
 
 
 def run(cfg: ProbeConfig, ctx: StageContext) -> dict:
+    if cfg.zero_shot_resize not in ZERO_SHOT_RESIZES:
+        raise StageError(f"ProbeConfig.zero_shot_resize: '{cfg.zero_shot_resize}'; valid: {', '.join(ZERO_SHOT_RESIZES)}")
     device = ctx.device
     tok = load_tokenizer(ctx.input("pretrain"), device)
     data = cfg.data
@@ -118,8 +122,14 @@ def run(cfg: ProbeConfig, ctx: StageContext) -> dict:
         "n_train": int(len(tr_img)), "n_test": int(len(te_img)),
     }
     if tok.has_clip:
-        out["zero_shot"], out["zero_shot_top5"] = zero_shot_accuracy(tok, te_img, te_lab, cfg.batch_size, device,
+        zs_img = te_img  # already centre-cropped
+        # Fashion-MNIST images are square: squash and centre crop give the same pixels, nothing to re-decode.
+        # User data: the same test subset (same indices) decoded again, squashed, read batch by batch.
+        if cfg.zero_shot_resize == "squash" and data.dataset != "fashion_mnist":
+            zs_img = load_images(data, "test", te_idx, resize="squash")
+        out["zero_shot"], out["zero_shot_top5"] = zero_shot_accuracy(tok, zs_img, te_lab, cfg.batch_size, device,
                                                                      class_names(data))
+        out["zero_shot_resize"] = cfg.zero_shot_resize
     else:
         out["zero_shot"], out["zero_shot_reason"] = None, f"recipe '{tok.cfg.recipe}' has no CLIP head"
     recon = reconstruct(tok, te_img, cfg.batch_size, device)

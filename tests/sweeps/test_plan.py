@@ -6,7 +6,7 @@ import pytest
 from sweeps import costs, plan as plan_mod
 from sweeps.ids import fmt_num, stage_id
 from sweeps.schema import load_study
-from vtp_core.config import TokenizerConfig
+from vtp_core.config import ProbeConfig, TokenizerConfig
 
 STUDY = """
 name: p
@@ -86,6 +86,8 @@ def test_pinned_ids_of_default_configs():
 
     assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-be9601bb0e"
     assert stage_id("dit", "t", DiTSpec(), ["latents-x"]) == "dit-t-d72ff9ce20"
+    # probe: changed from probe-t-265c4ada62 when zero_shot_resize (zero-shot preprocessing) was added
+    assert stage_id("probe", "t", ProbeConfig()) == "probe-t-b72cc7526c"
 
 
 def test_fmt_num():

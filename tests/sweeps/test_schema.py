@@ -39,6 +39,7 @@ BAD = [  # (yaml, substrings the one-line error must contain)
     ("data: {storage: disk}\n", ["data.storage", "'disk'", "lazy"]),
     ("eval_data: {dataset: tar, path: '/d/{0..9}.tar'}\n", ["eval_data.path", "shard pattern", "no test split"]),
     ("sample: {sampler: dopri5}\n", ["sample.sampler", "'dopri5'", "euler"]),
+    ("probe: {zero_shot_resize: stretch}\n", ["probe.zero_shot_resize", "'stretch'", "allowed: squash, center_crop"]),
     ("grid: [1, 2]\n", ["grid", "expected a mapping"]),
     ("- just\n- a list\n", ["expected a mapping"]),
     ("grid: {recipe: [ae\n", ["not valid YAML"]),

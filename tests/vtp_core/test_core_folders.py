@@ -75,3 +75,42 @@ def test_pretrain_on_captioned_folder(folder, make_ctx):
     cfg = TokenizerConfig(recipe="clip_ae", batch_size=4, steps=2, data=data, global_crop=12, local_crop=8)
     m = pretrain.run(cfg, make_ctx())
     assert np.isfinite(m["final_losses"]["clip"])
+
+
+def _strips(grey: int = 128, size=(48, 24)) -> Image.Image:
+    """A 2:1 image: red left strip, blue right strip, flat grey between (the grey tells images apart)."""
+    w, h = size
+    arr = np.full((h, w, 3), grey, np.uint8)
+    arr[:, : w // 8] = (255, 0, 0)
+    arr[:, -(w // 8):] = (0, 0, 255)
+    return Image.fromarray(arr)
+
+
+def test_squash_keeps_the_whole_field_of_view_center_crop_does_not():
+    from vtp_core.data.folders import center_crop_arr, squash_arr
+
+    sq, cc = squash_arr(_strips(), 16), center_crop_arr(_strips(), 16)
+    assert sq.shape == cc.shape == (16, 16, 3) and sq.dtype == np.uint8
+    assert (sq[:, 0] == (255, 0, 0)).all() and (sq[:, -1] == (0, 0, 255)).all()  # both strips kept
+    assert (sq[:, 8] == 128).all()
+    assert (cc == 128).all()  # the centre crop of a 2:1 image drops both strips
+
+
+def test_squash_equals_torchvision_resize():
+    T = pytest.importorskip("torchvision.transforms")
+    from vtp_core.data.folders import squash_arr
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 90, 3), dtype=np.uint8))
+    assert np.array_equal(squash_arr(img, 16), np.asarray(T.Resize((16, 16))(img)))
+
+
+def test_decode_resize_modes_and_bad_mode(folder):
+    from vtp_core.data.folders import decode, decode_many
+    from vtp_core.data.index import load_index
+
+    index = load_index(str(folder), "imagefolder", "test")
+    # the fixture's images are 40x36: the two modes differ, the default is the centre crop
+    assert np.array_equal(decode(index, 0, 16), decode(index, 0, 16, "center_crop"))
+    assert not np.array_equal(decode(index, 0, 16, "squash"), decode(index, 0, 16))
+    with pytest.raises(StageError, match="resize: 'stretch'; valid: center_crop, squash"):
+        decode_many(index, range(10), 16, "stretch")  # an error, not ten "unreadable images"

@@ -62,3 +62,66 @@ def test_class_names_for_prompts(tmp_path):
     assert zero_shot_prompts(("Big Dog",))[0]("Big Dog") == "a photo of a big dog."
     with pytest.raises(StageError, match="2 names for 3 class folders"):
         readable_class_names(("a", "b", "c"), tmp_path)
+
+
+def test_bad_zero_shot_resize_is_a_clear_error(make_ctx):
+    from vtp_core.runtime import StageError
+
+    with pytest.raises(StageError, match=r"^ProbeConfig.zero_shot_resize: 'stretch'; valid: squash, center_crop$"):
+        probe.run(ProbeConfig(zero_shot_resize="stretch"), make_ctx("probe"))
+
+
+@pytest.fixture
+def strips_folder(tmp_path):
+    """Non-square (2:1) ImageFolder: red left / blue right strips, a flat grey middle unique per image,
+    and one unreadable image in val (so split positions and index positions differ)."""
+    from PIL import Image
+
+    for s, split in enumerate(("train", "val")):
+        for c, cls in enumerate(("cat", "dog")):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(5):
+                arr = np.full((24, 48, 3), 20 + 7 * (10 * s + 5 * c + i), np.uint8)
+                arr[:, :6], arr[:, -6:] = (255, 0, 0), (0, 0, 255)
+                Image.fromarray(arr).save(d / f"img{i}.png")
+    (tmp_path / "val" / "cat" / "broken.png").write_bytes(b"not an image")
+    return tmp_path
+
+
+@pytest.mark.parametrize("storage", ["memory", "lazy"])
+def test_zero_shot_sees_squashed_images_linear_probe_centre_crops(storage, strips_folder, make_ctx, monkeypatch):
+    from vtp_core.config import DataConfig, TokenizerConfig
+
+    data = DataConfig(dataset="imagefolder", path=str(strips_folder), image_size=16, max_bad_fraction=0.3,
+                      storage=storage)
+    tok_ctx = make_ctx("pretrain")
+    pretrain.run(TokenizerConfig(recipe="clip_ae", batch_size=4, steps=1, data=data, global_crop=12, local_crop=8),
+                 tok_ctx)
+    seen: dict = {"features": []}
+    extract, zero_shot = probe.extract_features, probe.zero_shot_accuracy
+
+    def spy_features(tok, images, *a, **kw):
+        seen["features"].append(np.asarray(images))
+        return extract(tok, images, *a, **kw)
+
+    def spy_zero_shot(tok, images, labels, *a, **kw):
+        seen["zero_shot"], seen["labels"] = np.asarray(images), np.asarray(labels)
+        return zero_shot(tok, images, labels, *a, **kw)
+
+    monkeypatch.setattr(probe, "extract_features", spy_features)
+    monkeypatch.setattr(probe, "zero_shot_accuracy", spy_zero_shot)
+    for mode in ("squash", "center_crop"):
+        seen["features"].clear()
+        m = probe.run(ProbeConfig(n_train=8, n_test=6, probe_epochs=1, data=data, zero_shot_resize=mode),
+                      make_ctx(f"probe-{mode}", inputs={"pretrain": tok_ctx.out}))
+        assert m["zero_shot_resize"] == mode and 0.0 <= m["zero_shot"] <= 1.0
+        crop, zs = seen["features"][1], seen["zero_shot"]  # [1]: the test subset the linear probe sees
+        assert crop.shape == zs.shape == (6, 16, 16, 3)
+        assert (np.abs(crop[:, :, [0, -1]].astype(int) - crop[:, :, [8]]) <= 1).all()  # strips cropped away
+        if mode == "squash":
+            assert (zs[:, :, 0] == (255, 0, 0)).all() and (zs[:, :, -1] == (0, 0, 255)).all()  # whole view
+            assert np.array_equal(zs[:, 8, 8], crop[:, 8, 8])  # same images (unique grey), same order
+        else:
+            assert np.array_equal(zs, crop)
+        assert len(set(crop[:, 8, 8, 0])) == 6

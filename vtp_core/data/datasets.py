@@ -113,7 +113,24 @@ def _folder(cfg: DataConfig, split: str):
     check_manifest(cfg, index)
     labels = np.asarray(index.label).astype(np.int64)
     return Loaded(LazyImages(index, cfg.image_size, cfg.max_bad_fraction), labels, LazyCaptions(index),
-                  index.class_names, [], index.manifest_sha256)
+                  index.class_names, [], index.manifest_sha256, index, np.arange(len(index), dtype=np.int64))
+
+
+def load_images(cfg: DataConfig, split: str, idx, resize: str = "center_crop"):
+    """Images `idx` of a split (positions as in `load_split`) preprocessed by `resize` ('center_crop' |
+    'squash', `folders.RESIZES`), as a lazy view for user data (decoded when indexed, batch by batch).
+
+    Fashion-MNIST images are square, so squashing and centre-cropping them give the same pixels: its
+    (padded or resized) split is returned for either mode."""
+    from vtp_core.data.folders import check_resize
+    from vtp_core.data.lazy import LazyImages
+
+    check_resize(resize)
+    if cfg.dataset == "fashion_mnist":
+        return load_split(cfg, split)[0][np.asarray(idx)]
+    ld = _folder(cfg, split)
+    return LazyImages(ld.index, cfg.image_size, cfg.max_bad_fraction, np.asarray(ld.ids)[np.asarray(idx)],
+                      resize=resize)
 
 
 def take(data, idx):

@@ -7,6 +7,8 @@ A caption comes from the `.txt` (or `.json` "caption"/"text") next to the image,
 template. Where the bytes lie comes from a cached byte-range index (`data/index.py`). Here a split is
 decoded once, centre-cropped and resized to `image_size` (ADM `center_crop_arr`) and kept in memory
 as uint8 NHWC, like Fashion-MNIST (the laptop/small-cluster path; `data/lazy.py` is the other).
+The one other preprocessing is `squash_arr` (the whole image resized to a square, no crop): VTP's
+zero-shot protocol (METHOD.md §5.8) uses it, the linear probe and rFID use the centre crop (§5.7).
 Unreadable images are skipped, counted and logged by path; more than `max_bad_fraction` stops the
 stage. `DataConfig.checksum`, when set, must equal the sha256 of the (name, size) manifest.
 """
@@ -37,6 +39,8 @@ class Loaded:
     class_names: tuple[str, ...]
     bad: list[str]
     manifest_sha256: str
+    index: DataIndex | None = None  # where the images come from (to re-decode them another way)
+    ids: np.ndarray | None = None  # int64 (N,): position in `index` of each image (unreadable ones skipped)
 
 
 def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
@@ -51,17 +55,35 @@ def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
     return arr[top:top + size, left:left + size]
 
 
-def decode(index: DataIndex, i: int, size: int) -> np.ndarray:
-    """Image i of the index, ADM-preprocessed to uint8 (size, size, 3); raises on unreadable bytes."""
+def squash_arr(img: Image.Image, size: int) -> np.ndarray:
+    """VTP zero-shot preprocessing, torchvision `Resize((size, size))` on a PIL image: the whole image
+    resized to a square (aspect ratio NOT kept, no crop) with PIL BILINEAR, which is what torchvision
+    calls for PIL inputs (PIL's resize is antialiased). No BOX pre-halving, so the pixels are the same."""
+    return np.asarray(img.convert("RGB").resize((size, size), resample=Image.BILINEAR))
+
+
+RESIZES = {"center_crop": center_crop_arr, "squash": squash_arr}
+
+
+def check_resize(resize: str, where: str = "resize") -> None:
+    if resize not in RESIZES:
+        raise StageError(f"{where}: '{resize}'; valid: {', '.join(RESIZES)}")
+
+
+def decode(index: DataIndex, i: int, size: int, resize: str = "center_crop") -> np.ndarray:
+    """Image i of the index as uint8 (size, size, 3), preprocessed by `resize` ('center_crop' = ADM
+    `center_crop_arr`, 'squash' = `squash_arr`); raises on unreadable bytes."""
     with Image.open(io.BytesIO(index.image_bytes(i))) as im:
-        return center_crop_arr(im, size)
+        return RESIZES[resize](im, size)
 
 
-def decode_many(index: DataIndex, ids, size: int) -> list[np.ndarray | Exception]:
+def decode_many(index: DataIndex, ids, size: int, resize: str = "center_crop") -> list[np.ndarray | Exception]:
     """Decode several images on a thread pool (PIL releases the GIL while decoding and resizing)."""
+    check_resize(resize)  # up front: inside `one` a bad name would read as "unreadable image"
+
     def one(i):
         try:
-            return decode(index, int(i), size)
+            return decode(index, int(i), size, resize)
         except Exception as exc:  # noqa: BLE001 - any decode failure means "unreadable image"
             return exc
 
@@ -96,7 +118,7 @@ def load_folder_split(cfg: DataConfig, split: str, index: DataIndex | None = Non
     if bad:
         log.warning("data: %d of %d images under %s unreadable and skipped", len(bad), total, index.root)
     return Loaded(np.ascontiguousarray(np.stack(images)), labels, captions, index.class_names, bad,
-                  index.manifest_sha256)
+                  index.manifest_sha256, index, np.asarray(keep, dtype=np.int64))
 
 
 def check_bad_fraction(bad: list[str], total: int, max_fraction: float, where) -> None:

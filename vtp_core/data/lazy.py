@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from vtp_core.data.folders import check_bad_fraction, decode_many, default_caption
+from vtp_core.data.folders import check_bad_fraction, check_resize, decode_many, default_caption
 from vtp_core.data.index import DataIndex
 
 log = logging.getLogger("vtp.data")
@@ -45,8 +45,9 @@ class _BadLedger:
 
 class LazyImages:
     def __init__(self, index: DataIndex, size: int, max_bad_fraction: float, ids: np.ndarray | None = None,
-                 ledger: _BadLedger | None = None):
-        self.index, self.size = index, size
+                 ledger: _BadLedger | None = None, resize: str = "center_crop"):
+        check_resize(resize)
+        self.index, self.size, self.resize = index, size, resize  # resize: 'center_crop' | 'squash' (folders.RESIZES)
         self.ids = np.arange(len(index), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
         self.ledger = ledger or _BadLedger(max_bad_fraction, index.root, len(index))
         self.dtype, self.ndim = np.dtype(np.uint8), 4
@@ -59,7 +60,7 @@ class LazyImages:
         return len(self.ids)
 
     def subset(self, key) -> "LazyImages":
-        return LazyImages(self.index, self.size, self.ledger.max_fraction, self.ids[key], self.ledger)
+        return LazyImages(self.index, self.size, self.ledger.max_fraction, self.ids[key], self.ledger, self.resize)
 
     def __getitem__(self, key) -> np.ndarray:
         ids = self.ids[key]
@@ -79,7 +80,7 @@ class LazyImages:
         for _ in range(n):  # each round retries the unreadable ones with their next index
             if not todo:
                 break
-            results = decode_many(self.index, [current[k] for k in todo], self.size)
+            results = decode_many(self.index, [current[k] for k in todo], self.size, self.resize)
             retry = []
             for k, img in zip(todo, results):
                 seen.append(current[k])
