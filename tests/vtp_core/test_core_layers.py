@@ -86,3 +86,35 @@ def test_bf16_autocast_step_matches_float32():
     assert torch.isfinite(g16).all()
     assert abs(l16 - l32) < 1e-2 * l32
     assert F.cosine_similarity(g32, g16, 0) > 0.99
+
+
+def test_block_folds_rms_scale_into_the_next_linears_without_changing_the_function(monkeypatch):
+    """With many tokens the encoder block folds each RMSNorm's learned scale into the following qkv / fc1
+    weights; outputs and every gradient equal the unfolded block's to float32 rounding."""
+    import functools
+
+    from vtp_core.models import layers
+
+    torch.manual_seed(0)
+    d, h, hidden = 32, 2, 96
+    blk = layers.Block(d, h, hidden, functools.partial(layers.RmsNorm, eps=1e-5))
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.normal_(0, 0.3)
+    rope = dinov3_rope(d // h, (8, 8), 100.0, 1, CPU, h)
+    x = torch.randn(8, 65, d, requires_grad=True)  # 520 tokens: at least twice the qkv and fc1 rows
+    dy = torch.randn(8, 65, d)
+    params = [x] + list(blk.parameters())
+    real, scales = layers._norm_for, []
+    monkeypatch.setattr(layers, "_norm_for", lambda *a: (lambda r: scales.append(r[1]) or r)(real(*a)))
+    folded = torch.autograd.grad(blk(x, rope), params, dy)
+    assert scales[0] is blk.norm1.weight and scales[1] is blk.norm2.weight  # both folded
+    monkeypatch.setattr(layers, "_norm_for", lambda norm, t, n: (norm(t), None))
+    plain = torch.autograd.grad(blk(x, rope), params, dy)
+    for (name, _), a, b in zip([("x", None)] + list(blk.named_parameters()), folded, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item(), msg=name)
+    # few tokens (e.g. one image): nothing folded
+    scales.clear()
+    monkeypatch.setattr(layers, "_norm_for", lambda *a: (lambda r: scales.append(r[1]) or r)(real(*a)))
+    blk(x[:1], rope)
+    assert scales == [None, None]

@@ -162,8 +162,10 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.fc1_g, self.fc1_x, self.fc2 = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.silu(self.fc1_g(x)) * self.fc1_x(x))
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`in_scale` (D,): a per-input-channel scale folded into fc1's weights (`Block`)."""
+        g = F.linear(x, _scaled(self.fc1_g.weight, in_scale), self.fc1_g.bias)
+        return self.fc2(F.silu(g) * F.linear(x, _scaled(self.fc1_x.weight, in_scale), self.fc1_x.bias))
 
 
 class Attention(nn.Module):
@@ -179,13 +181,14 @@ class Attention(nn.Module):
             self.v_bias = nn.Parameter(torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, is_causal: bool = False,
+                in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`in_scale` (D,): a per-input-channel scale folded into the qkv weight (`Block`)."""
         b, n, d = x.shape
-        if self.qkv.bias is None:
+        bias = self.qkv.bias
+        if bias is None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-            qkv = F.linear(x, self.qkv.weight, bias)
-        else:
-            qkv = self.qkv(x)
+        qkv = F.linear(x, _scaled(self.qkv.weight, in_scale), bias)
         q, k, v = _SplitHeads.apply(qkv.view(b, n, 3, self.heads, d // self.heads), rope)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
@@ -203,5 +206,23 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, mlp_hidden)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope)
-        return x + self.mlp(self.norm2(x))
+        h, scale = _norm_for(self.norm1, x, self.attn.qkv.out_features)
+        x = x + self.attn(h, rope, in_scale=scale)
+        h, scale = _norm_for(self.norm2, x, 2 * self.mlp.fc1_g.out_features)
+        return x + self.mlp(h, in_scale=scale)
+
+
+def _scaled(weight: torch.Tensor, in_scale: torch.Tensor | None) -> torch.Tensor:
+    """W diag(s): a Linear (out, in) weight with its input channels scaled."""
+    return weight if in_scale is None else weight * in_scale
+
+
+def _norm_for(norm: nn.Module, x: torch.Tensor, out_features: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """norm(x) for Linears with `out_features` output rows in all, as (input, scale to fold into their
+    weights). An RMSNorm's learned scale w is folded (Linear(y*w) = Linear_{W diag(w)}(y)) when there are
+    at least twice as many tokens as those rows: the scale's passes then run over the weights instead of
+    over the activations (y*w forward, g*w and sum(g*y) backward). Same function, float rounding aside;
+    the choice depends only on shapes, so a run stays bit-reproducible."""
+    if isinstance(norm, RmsNorm) and x.numel() // x.shape[-1] >= 2 * out_features:
+        return rms_norm(x, None, norm.eps), norm.weight
+    return norm(x), None
