@@ -3,10 +3,11 @@
 Why our own and not timm's `EvaBlock` / `SwiGLU` / `RmsNorm` / `apply_rot_embed_cat`: the math is the
 same, but on CPU (no fused kernels there) their elementwise glue made a small model's step slower than
 a plain ViT's: RoPE built from slice/cat/neg/mul/add, RMSNorm's composite backward, gradients stacked
-and then copied back to the qkv layout. Here RoPE is one complex multiply per q/k with a table cached
-per (grid, device), RMSNorm has a closed-form backward, and the q/k/v gradients are written straight
-into the qkv layout: the same numbers with fewer passes over memory (bench/ measures the step against
-timm and diffusers references).
+and then copied back to the qkv layout. Here RoPE is one complex multiply over q and k together, token-major,
+with a table cached per (grid, heads, device); RMSNorm has a closed-form backward and, before Linears at
+training shapes, its scale folded into their weights; the q/k/v gradients are written straight into the
+qkv layout: the same numbers with fewer passes over memory (bench/ measures the step against timm and
+diffusers references; docs/benchmarks.md has the figures).
 """
 from __future__ import annotations
 
