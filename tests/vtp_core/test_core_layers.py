@@ -118,3 +118,22 @@ def test_block_folds_rms_scale_into_the_next_linears_without_changing_the_functi
     monkeypatch.setattr(layers, "_norm_for", lambda *a: (lambda r: scales.append(r[1]) or r)(real(*a)))
     blk(x[:1], rope)
     assert scales == [None, None]
+
+
+def test_split_heads_in_place_rotation_equals_the_copying_one():
+    """`Attention` lets RoPE rotate q/k inside its fresh qkv projection output: same q, k, v and the
+    same gradient reaching the projection's input as the copying path."""
+    b, n, h, hd = 2, 5, 3, 8
+    x = torch.randn(b, n, 16, requires_grad=True)
+    w = torch.randn(3 * h * hd, 16)
+    rope = dinov3_rope(hd, (1, n), 100.0, 0, CPU, h)
+    grads = [torch.randn(b, h, n, hd) for _ in range(3)]
+    results = []
+    for in_place in (False, True):
+        qkv = F.linear(x, w).view(b, n, 3, h, hd)
+        out = _SplitHeads.apply(qkv, rope, in_place)
+        results.append((out, torch.autograd.grad(out, x, grads)[0]))
+    (ref, g_ref), (ours, g_ours) = results
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r, rtol=0, atol=0)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=0)

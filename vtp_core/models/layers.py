@@ -80,13 +80,20 @@ class _SplitHeads(torch.autograd.Function):
     the layout of q, so token-major q/k make the output's (B, N, D) reshape for `proj` a free view and
     let backward write each gradient into the qkv layout with matching strides. q and k are rotated in
     one complex multiply; backward writes the three gradients straight into one buffer in the qkv
-    layout, where autograd would stack them and copy the stack back (two full passes)."""
+    layout, where autograd would stack them and copy the stack back (two full passes).
+
+    `in_place=True` rotates q and k inside `qkv` itself (float32): for a caller whose qkv is a fresh
+    projection output that nothing else holds (`Attention`: a Linear's backward keeps its input and
+    weight, not its output). No second buffer to write and keep alive until backward; same numbers."""
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, rope: torch.Tensor | None):
+    def forward(ctx, qkv: torch.Tensor, rope: torch.Tensor | None, in_place: bool = False):
         ctx.rope = rope
         v = qkv[:, :, 2]
         if rope is None:
+            q, k = qkv[:, :, 0], qkv[:, :, 1]
+        elif in_place and qkv.dtype == torch.float32:
+            torch.view_as_complex(qkv[:, :, :2].unflatten(-1, (-1, 2))).mul_(rope)  # a view: errors, never copies
             q, k = qkv[:, :, 0], qkv[:, :, 1]
         else:  # q and k (B, N, 2, H, hd) in one complex multiply
             rot = apply_rope(qkv[:, :, :2], rope).to(qkv.dtype)
@@ -108,7 +115,7 @@ class _SplitHeads(torch.autograd.Function):
                 torch.mul(_pairs(grad.transpose(1, 2)), ctx.rope[:, i].conj(), out=_pairs(slot))
             else:
                 slot.copy_(apply_rope(grad.transpose(1, 2), ctx.rope[:, i].conj()))
-        return g, None
+        return g, None, None
 
 
 class _RmsNorm(torch.autograd.Function):
@@ -190,7 +197,7 @@ class Attention(nn.Module):
         if bias is None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, _scaled(self.qkv.weight, in_scale), bias)
-        q, k, v = _SplitHeads.apply(qkv.view(b, n, 3, self.heads, d // self.heads), rope)
+        q, k, v = _SplitHeads.apply(qkv.view(b, n, 3, self.heads, d // self.heads), rope, True)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
