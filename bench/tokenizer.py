@@ -1,8 +1,8 @@
 """Tokenizer train step (encoder + bottleneck + decoder, L1, AdamW) vs a timm VisionTransformer
 encoder + decoder of the same width, depth and token count, timed in the same run.
 
-Ours and the reference alternate (ours, ref, ours, ref, ...) and the row reports medians, so load
-from other jobs on the machine hits both sides alike. With a GPU present, the S and B steps also run
+Ours and the reference alternate (ours, ref, ref, ours, ours, ref, ...) and the row reports medians,
+so load from other jobs on the machine, and cache state left by the other model, hit both sides alike. With a GPU present, the S and B steps also run
 there in bf16 (autocast, fused AdamW, SDPA) and the row adds MFU: the step's FLOPs counted by
 `torch.utils.flop_counter` on the step itself, per second, over the GPU's dense bf16 peak."""
 from __future__ import annotations
@@ -94,14 +94,19 @@ def _pair(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
 
 
 def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int, warmup: int = 2) -> tuple[float, float, float]:
-    """Median seconds/step of ours and ref, and the median of the per-round ratios ref/ours."""
+    """Median seconds/step of ours and ref, and the median of the per-round ratios ref/ours. The order
+    flips every round (ours-ref, ref-ours, ...), so neither side always inherits the other's caches."""
     for s in (ours, ref):
         for _ in range(warmup):
             s.step()
     t_ours, t_ref = [], []
-    for _ in range(rounds):
-        t_ours.append(ours.seconds(iters))
-        t_ref.append(ref.seconds(iters))
+    for r in range(rounds):
+        if r % 2:
+            t_ref.append(ref.seconds(iters))
+            t_ours.append(ours.seconds(iters))
+        else:
+            t_ours.append(ours.seconds(iters))
+            t_ref.append(ref.seconds(iters))
     ratio = statistics.median(r / o for o, r in zip(t_ours, t_ref))
     return statistics.median(t_ours), statistics.median(t_ref), ratio
 
@@ -132,7 +137,7 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
 
 
 def run() -> list[dict]:
-    rows = [_case("tiny", 32, 4, 8, 64, rounds=9, iters=3), _case("S", 64, 16, 64, 8, rounds=5, iters=2)]
+    rows = [_case("tiny", 32, 4, 8, 64, rounds=11, iters=3), _case("S", 64, 16, 64, 8, rounds=9, iters=2)]
     if torch.cuda.is_available():
         rows += [_case("S", 256, 16, 64, 64, rounds=5, iters=10, device="cuda"),
                  _case("B", 256, 16, 64, 64, rounds=5, iters=10, device="cuda")]

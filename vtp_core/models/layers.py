@@ -112,9 +112,9 @@ class _SplitHeads(torch.autograd.Function):
             elif ctx.rope is None or i == 2:  # v is not rotated
                 slot.copy_(grad.transpose(1, 2))
             elif like.dtype == torch.float32:  # inverse rotation written in place, matching strides
-                torch.mul(_pairs(grad.transpose(1, 2)), ctx.rope[:, i].conj(), out=_pairs(slot))
+                torch.mul(_pairs(grad.transpose(1, 2)), _conj(ctx.rope)[:, i], out=_pairs(slot))
             else:
-                slot.copy_(apply_rope(grad.transpose(1, 2), ctx.rope[:, i].conj()))
+                slot.copy_(apply_rope(grad.transpose(1, 2), _conj(ctx.rope)[:, i]))
         return g, None, None
 
 
@@ -127,7 +127,8 @@ class _RmsNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        r = torch.addcmul(_scalar(eps, x.device), n, n, value=1.0 / x.shape[-1]).rsqrt_()  # 1/sqrt(eps + n²/D)
         y = x * r
         ctx.save_for_backward(y, r, weight)
         return y if weight is None else y * weight
@@ -141,6 +142,19 @@ class _RmsNorm(torch.autograd.Function):
         gw = gy.flatten(0, -2).sum(0)
         m = gy.mul_(weight).mean(-1, keepdim=True)  # not a mat-vec: BLAS gemv rounds by memory alignment
         return (g * weight).addcmul_(y, m, value=-1).mul_(r), gw, None
+
+
+@functools.lru_cache(maxsize=16)
+def _scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A cached 0-dim float32 tensor: a Python scalar operand costs a tensor conversion per call."""
+    return torch.tensor(value, dtype=torch.float32, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _conj(rope: torch.Tensor) -> torch.Tensor:
+    """The conjugate table, materialised once per cached RoPE table (the cache holds the table, so its
+    id cannot be reused while cached); a lazy `conj()` operand is cloned by every multiply."""
+    return rope.conj().resolve_conj()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
