@@ -150,6 +150,12 @@ def _scalar(value: float, device: torch.device) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def _zeros(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A cached zero vector (the masked k bias): no allocation and fill per forward."""
+    return torch.zeros(n, device=device, dtype=dtype)
+
+
 @functools.lru_cache(maxsize=64)
 def _conj(rope: torch.Tensor) -> torch.Tensor:
     """The conjugate table, materialised once per cached RoPE table (the cache holds the table, so its
@@ -209,7 +215,7 @@ class Attention(nn.Module):
         b, n, d = x.shape
         bias = self.qkv.bias
         if bias is None:
-            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+            bias = torch.cat([self.q_bias, _zeros(d, self.q_bias.device, self.q_bias.dtype), self.v_bias])
         qkv = F.linear(x, _scaled(self.qkv.weight, in_scale), bias)
         q, k, v = _SplitHeads.apply(qkv.view(b, n, 3, self.heads, d // self.heads), rope, True)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
