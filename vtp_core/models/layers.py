@@ -89,32 +89,32 @@ class _SplitHeads(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, rope: torch.Tensor | None, in_place: bool = False):
         ctx.rope = rope
-        v = qkv[:, :, 2]
-        if rope is None:
-            q, k = qkv[:, :, 0], qkv[:, :, 1]
-        elif in_place and qkv.dtype == torch.float32:
-            torch.view_as_complex(qkv[:, :, :2].unflatten(-1, (-1, 2))).mul_(rope)  # a view: errors, never copies
-            q, k = qkv[:, :, 0], qkv[:, :, 1]
-        else:  # q and k (B, N, 2, H, hd) in one complex multiply
+        if rope is not None and in_place and qkv.dtype == torch.float32:
+            b, n, _, h, hd = qkv.shape  # a view: errors, never copies
+            torch.view_as_complex(qkv.view(b, n, 3, h, hd // 2, 2))[:, :, :2].mul_(rope)
+        elif rope is not None:  # q and k (B, N, 2, H, hd) in one complex multiply
             rot = apply_rope(qkv[:, :, :2], rope).to(qkv.dtype)
-            q, k = rot[:, :, 0], rot[:, :, 1]
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            return rot[:, :, 0].transpose(1, 2), rot[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd) views, token-major memory
 
     @staticmethod
     def backward(ctx, gq: torch.Tensor, gk: torch.Tensor, gv: torch.Tensor):
-        like = next(t for t in (gq, gk, gv) if t is not None)
+        like = gv if gv is not None else gq if gq is not None else gk
         b, h, n, hd = like.shape
         g = torch.empty((b, n, 3, h, hd), dtype=like.dtype, device=like.device)
+        rope, fp32 = ctx.rope, like.dtype == torch.float32
+        if rope is not None and fp32:  # the inverse rotations written in place, matching strides
+            pairs = torch.view_as_complex(g.view(b, n, 3, h, hd // 2, 2))
+            conj = _conj(rope)
         for i, grad in enumerate((gq, gk, gv)):
-            slot = g[:, :, i]  # (B, N, H, hd)
             if grad is None:
-                slot.zero_()
-            elif ctx.rope is None or i == 2:  # v is not rotated
-                slot.copy_(grad.transpose(1, 2))
-            elif like.dtype == torch.float32:  # inverse rotation written in place, matching strides
-                torch.mul(_pairs(grad.transpose(1, 2)), _conj(ctx.rope)[:, i], out=_pairs(slot))
+                g[:, :, i].zero_()
+            elif rope is None or i == 2:  # v is not rotated
+                g[:, :, i].copy_(grad.transpose(1, 2))
+            elif fp32:
+                torch.mul(_pairs(grad.transpose(1, 2)), conj[i], out=pairs[:, :, i])
             else:
-                slot.copy_(apply_rope(grad.transpose(1, 2), _conj(ctx.rope)[:, i]))
+                g[:, :, i].copy_(apply_rope(grad.transpose(1, 2), _conj(rope)[i]))
         return g, None, None
 
 
@@ -136,12 +136,13 @@ class _RmsNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         y, r, weight = ctx.saved_tensors
+        d = y.shape[-1]  # sum * (1/D) inside addcmul: `mean` costs a division and a scalar-tensor copy
         if weight is None:
-            return torch.addcmul(g, y, (g * y).mean(-1, keepdim=True), value=-1).mul_(r), None, None
+            return torch.addcmul(g, y, (g * y).sum(-1, keepdim=True), value=-1 / d).mul_(r), None, None
         gy = g * y
         gw = gy.flatten(0, -2).sum(0)
-        m = gy.mul_(weight).mean(-1, keepdim=True)  # not a mat-vec: BLAS gemv rounds by memory alignment
-        return (g * weight).addcmul_(y, m, value=-1).mul_(r), gw, None
+        m = gy.mul_(weight).sum(-1, keepdim=True)  # not a mat-vec: BLAS gemv rounds by memory alignment
+        return (g * weight).addcmul_(y, m, value=-1 / d).mul_(r), gw, None
 
 
 @functools.lru_cache(maxsize=16)
@@ -157,10 +158,12 @@ def _zeros(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _conj(rope: torch.Tensor) -> torch.Tensor:
-    """The conjugate table, materialised once per cached RoPE table (the cache holds the table, so its
-    id cannot be reused while cached); a lazy `conj()` operand is cloned by every multiply."""
-    return rope.conj().resolve_conj()
+def _conj(rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conjugate table for q and for k ((N, H, hd/2) each), materialised once per cached RoPE table (the
+    cache holds the table, so its id cannot be reused while cached); a lazy `conj()` operand is cloned by
+    every multiply."""
+    conj = rope.conj().resolve_conj()
+    return conj[:, 0], conj[:, 1]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
