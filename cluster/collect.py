@@ -55,6 +55,7 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
             "rfid": _val(rfid), "linear_probe": _val(probe.get("linear_probe")),
             "linear_probe_pre": _val(probe.get("linear_probe_pre")), "zero_shot": _val(probe.get("zero_shot")),
             "zero_shot_top5": _val(probe.get("zero_shot_top5")),
+            "zero_shot_resize": probe.get("zero_shot_resize"),  # squash | center_crop: which protocol made zero_shot
             "gfid": _val(gfid), "gfid_protocol": gfid.get("protocol_hash"),
             "rfid_protocol": rfid.get("protocol_hash"), "dit_spec": dit_spec, "status": status, "reason": reason,
         }

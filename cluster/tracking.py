@@ -90,7 +90,8 @@ def _log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None, 
         metrics = [Metric(k, float(row[k]), ts, 0) for k in METRICS
                    if row.get(k) is not None and not (isinstance(row[k], float) and math.isnan(row[k]))]
         tags = [RunTag("git_commit", commit), RunTag("status", str(row["status"])),
-                RunTag("gfid_protocol", str(row.get("gfid_protocol"))), RunTag("rfid_protocol", str(row.get("rfid_protocol")))]
+                RunTag("gfid_protocol", str(row.get("gfid_protocol"))), RunTag("rfid_protocol", str(row.get("rfid_protocol"))),
+                RunTag("zero_shot_resize", str(row.get("zero_shot_resize")))]
         tags += [RunTag(k, str(v)) for k, v in row.items() if k.endswith("_id")]
         if row.get("reason"):
             tags.append(RunTag("reason", str(row["reason"])[:4000]))

@@ -40,6 +40,7 @@ def test_micro_study_end_to_end(tmp_path, capsys, micro_study):
     assert vtp.tokenizer_steps == 3 and ae.tokenizer_steps >= 3
     assert ae.tokenizer_flops <= ae.budget_flops and vtp.tokenizer_flops <= vtp.budget_flops
     assert pd.isna(ae.zero_shot) and vtp.zero_shot >= 0, "AE has no text tower: no zero-shot number"
+    assert pd.isna(ae.zero_shot_resize) and vtp.zero_shot_resize == "squash", "the zero-shot protocol is in the table"
     assert (results / "micro" / "runs.csv").exists()
 
     # every stage folder follows the contract
