@@ -162,8 +162,8 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
     ours, ref = _pair(encoder, image_size, patch, channels, batch, device, reference)
     t_ours, t_ref, ratio = _alternate(ours, ref, rounds, iters, warmup=4)
     what = {"vit": "timm ViT enc+dec", "eva": "the same model in timm's Eva layers, information"}[reference]
-    row = {"bench": f"tokenizer ae step {encoder} {image_size}px/p{patch} b{batch} {device} "
-                    f"{torch.get_num_threads() if device == 'cpu' else ''}{'T ' if device == 'cpu' else ''}images/s "
+    where = f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device
+    row = {"bench": f"tokenizer ae step {encoder} {image_size}px/p{patch} b{batch} {where} images/s "
                     f"(ref: {what}; median of {rounds} alternated rounds)",
            "value": round(batch / t_ours, 1), "reference": round(batch / t_ref, 1), "ratio": round(ratio, 3),
            "ok": ratio >= 0.98 if reference == "vit" else None}
