@@ -90,8 +90,8 @@ class _SplitHeads(torch.autograd.Function):
     def forward(ctx, qkv: torch.Tensor, rope: torch.Tensor | None, in_place: bool = False):
         ctx.rope = rope
         if rope is not None and in_place and qkv.dtype == torch.float32:
-            b, n, _, h, hd = qkv.shape  # a view: errors, never copies
-            torch.view_as_complex(qkv.view(b, n, 3, h, hd // 2, 2))[:, :, :2].mul_(rope)
+            b, n, _, h, hd = qkv.shape
+            torch.view_as_complex(qkv.view(b, n, 3, h, hd // 2, 2))[:, :, :2].mul_(rope)  # `view`: errors, never copies
         elif rope is not None:  # q and k (B, N, 2, H, hd) in one complex multiply
             rot = apply_rope(qkv[:, :, :2], rope).to(qkv.dtype)
             return rot[:, :, 0].transpose(1, 2), rot[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
