@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from timm.layers import build_sincos2d_pos_embed
 
-from vtp_core.models.layers import Attention, RmsNorm, SwiGLU, eva_rope, rms_norm
+from vtp_core.models.layers import Attention, RmsNorm, SwiGLU, rms_norm, rope_table
 
 from dit_eval.sizes import DiTSize, get_size, list_sizes  # noqa: E402,F401  (re-exported: the registry)
 
@@ -131,7 +131,7 @@ class DiT(nn.Module):
         # token-major (B, N, D) from here on: a transposed residual stream is copied at every Linear
         tok = self.x_embedder(x).flatten(2).transpose(1, 2).contiguous() + self.pos_embed.to(x.dtype)
         cond = self.t_embedder(t) + self.y_embedder(self.drop_labels(y))
-        rope = eva_rope(self.size.width // self.size.heads, g, x.device, self.size.heads)  # cached per grid, device
+        rope = rope_table("eva", self.size.width // self.size.heads, g, x.device, self.size.heads)  # cached per grid, device
         for blk in self.blocks:
             tok = blk(tok, cond, rope)
         out = self.final_layer(tok, cond)  # (B, g*g, p*p*C)

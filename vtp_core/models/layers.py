@@ -8,6 +8,12 @@ with a table cached per (grid, heads, device); RMSNorm has a closed-form backwar
 training shapes, its scale folded into their weights; the q/k/v gradients are written straight into the
 qkv layout: the same numbers with fewer passes over memory (bench/ measures the step against timm and
 diffusers references; docs/benchmarks.md has the figures).
+
+Under `torch.compile` (`torch.compiler.is_compiling()`) the same functions take plain tensor ops instead:
+the eager tricks (complex views, in-place rotation, hand-written backwards, lru-cached tables built with
+timm) are what inductor cannot trace or fuse, and the elementwise passes they save are what it fuses
+anyway. RoPE is then a real rotation (`_rotate_real`) against a (cos, sin) table built in the graph
+(`rope_table`), so a whole stack compiles as one graph (tests: `fullgraph=True`).
 """
 from __future__ import annotations
 
@@ -19,21 +25,35 @@ import torch.nn.functional as F
 from timm.layers import RotaryEmbeddingCat, RotaryEmbeddingDinoV3
 
 
-def _complex_table(emb: torch.Tensor, half: bool, n_prefix: int) -> torch.Tensor:
-    """timm's [sin | cos] table (N, 2*hd) -> one unit complex per channel pair (n_prefix + N, hd/2);
-    prefix tokens get 1 + 0j (not rotated)."""
+def _cos_sin(emb: torch.Tensor, half: bool, n_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's [sin | cos] table (N, 2*hd) -> cos, sin of one angle per channel pair, (n_prefix + N, hd/2)
+    each; prefix tokens get angle 0 (not rotated)."""
     sin, cos = emb.float().chunk(2, -1)
     hd = sin.shape[-1]
     sin, cos = (sin[:, : hd // 2], cos[:, : hd // 2]) if half else (sin[:, 0::2], cos[:, 0::2])
-    table = torch.complex(cos, sin)
-    return torch.cat([torch.ones(n_prefix, hd // 2, dtype=table.dtype), table]) if n_prefix else table
+    if n_prefix:
+        cos = torch.cat([torch.ones(n_prefix, hd // 2, dtype=cos.dtype, device=cos.device), cos])
+        sin = torch.cat([torch.zeros(n_prefix, hd // 2, dtype=sin.dtype, device=sin.device), sin])
+    return cos, sin
 
 
-def _for_heads(table: torch.Tensor, heads: int | None) -> torch.Tensor:
-    """(N, hd/2) -> (N, 2, heads, hd/2) contiguous: the table laid out like the q and k of one token in
-    the qkv projection. A complex multiply that broadcasts only over the batch runs over matching
-    contiguous rows: about 2.5x faster on CPU than broadcasting the small table over q/k and heads too."""
-    return table if heads is None else table[:, None, None].expand(-1, 2, heads, -1).contiguous()
+def _layout(cos: torch.Tensor, sin: torch.Tensor, heads: int | None, real: bool = False) -> torch.Tensor:
+    """One unit complex per channel pair, (N, hd/2), or with `heads` given (N, 2, heads, hd/2) contiguous:
+    the table laid out like the q and k of one token in the qkv projection. A complex multiply that
+    broadcasts only over the batch runs over matching contiguous rows: about 2.5x faster on CPU than
+    broadcasting the small table over q/k and heads too. `real`: the same as (..., 2) = (cos, sin)."""
+    table = torch.stack([cos, sin], -1) if real else torch.complex(cos, sin)
+    return table if heads is None else table[:, None, None].expand(-1, 2, heads, *table.shape[1:]).contiguous()
+
+
+def _dinov3_cos_sin(head_dim: int, hw: tuple[int, int], base: float, n_prefix: int):
+    emb = RotaryEmbeddingDinoV3(head_dim, temperature=base, rotate_half=True).get_embed(list(hw))
+    return _cos_sin(emb, half=True, n_prefix=n_prefix)
+
+
+def _eva_cos_sin(head_dim: int, grid: int):
+    emb = RotaryEmbeddingCat(dim=head_dim, in_pixels=False, feat_shape=[grid, grid]).get_embed()
+    return _cos_sin(emb, half=False, n_prefix=0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -48,8 +68,7 @@ def dinov3_rope(head_dim: int, hw: tuple[int, int], base: float, n_prefix: int, 
     function family and the same i.i.d. init, which lets each pair be rotated by one complex multiply.
     """
     with torch.device("cpu"):  # built once on CPU (also under a `meta` default device), then moved
-        emb = RotaryEmbeddingDinoV3(head_dim, temperature=base, rotate_half=True).get_embed(list(hw))
-        return _for_heads(_complex_table(emb, half=True, n_prefix=n_prefix), heads).to(device)
+        return _layout(*_dinov3_cos_sin(head_dim, hw, base, n_prefix), heads).to(device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -57,8 +76,43 @@ def eva_rope(head_dim: int, grid: int, device: torch.device, heads: int | None =
     """LightningDiT's 2D RoPE (timm `RotaryEmbeddingCat`, interleaved pairs) on a grid x grid token map,
     as a complex (grid*grid, hd/2) table, or (N, 2, heads, hd/2) for `Attention` with `heads` given."""
     with torch.device("cpu"):
-        emb = RotaryEmbeddingCat(dim=head_dim, in_pixels=False, feat_shape=[grid, grid]).get_embed()
-        return _for_heads(_complex_table(emb, half=False, n_prefix=0), heads).to(device)
+        return _layout(*_eva_cos_sin(head_dim, grid), heads).to(device)
+
+
+TABLES = {"dinov3": (dinov3_rope, _dinov3_cos_sin), "eva": (eva_rope, _eva_cos_sin)}
+
+
+def rope_table(kind: str, *args) -> torch.Tensor:
+    """The RoPE table `dinov3_rope(*args)` / `eva_rope(*args)` (`kind`, args ending in device, heads): the
+    cached complex table in eager mode; under torch.compile the same angles as a real (..., hd/2, 2) =
+    (cos, sin) table built inside the graph from timm's module (inductor folds it to a constant; no
+    complex dtype, no cache for dynamo to trip on)."""
+    cached, cos_sin = TABLES[kind]
+    if not torch.compiler.is_compiling():
+        return cached(*args)
+    *grid, device, heads = args
+    return _layout(*cos_sin(*grid), heads, real=True).to(device)
+
+
+def _rotate_real(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The traced form of `apply_rope`: pairs (2i, 2i+1) of x (..., hd) rotated by `table` (..., hd/2, 2)
+    = (cos, sin), which broadcasts against x's pairs; float32 out. Plain ops, fused by inductor."""
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = table.unbind(-1)
+    return torch.stack([a * c - b * s, a * s + b * c], -1).flatten(-2)
+
+
+def split_heads(qkv: torch.Tensor, rope: torch.Tensor | None, in_place: bool = False):
+    """qkv (B, N, 3, H, hd) -> q, k (RoPE-rotated by `rope` if given), v as (B, H, N, hd): `_SplitHeads`
+    in eager mode, plain ops (`_rotate_real` against a real table) under torch.compile."""
+    if not torch.compiler.is_compiling():
+        return _SplitHeads.apply(qkv, rope, in_place)
+    if rope is None:
+        q, k, v = qkv.unbind(2)
+    else:
+        q, k = _rotate_real(qkv[:, :, :2], rope).to(qkv.dtype).unbind(2)
+        v = qkv[:, :, 2]
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
 def _pairs(x: torch.Tensor) -> torch.Tensor:
@@ -168,6 +222,10 @@ def _conj(rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, computed in float32 (timm `RmsNormFp32` numerics), cast back to x's dtype."""
+    if torch.compiler.is_compiling():  # the composite: inductor fuses it into one pass each way
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+        return (y if weight is None else y * weight.float()).to(x.dtype)
     if x.dtype == torch.float32 and (weight is None or weight.dtype == torch.float32):
         return _RmsNorm.apply(x, weight, eps)  # no casts to dispatch
     return _RmsNorm.apply(x.float(), None if weight is None else weight.float(), eps).to(x.dtype)
@@ -218,9 +276,11 @@ class Attention(nn.Module):
         b, n, d = x.shape
         bias = self.qkv.bias
         if bias is None:
-            bias = torch.cat([self.q_bias, _zeros(d, self.q_bias.device, self.q_bias.dtype), self.v_bias])
+            zeros = torch.zeros_like(self.q_bias) if torch.compiler.is_compiling() else _zeros(d, self.q_bias.device,
+                                                                                                   self.q_bias.dtype)
+            bias = torch.cat([self.q_bias, zeros, self.v_bias])
         qkv = F.linear(x, _scaled(self.qkv.weight, in_scale), bias)
-        q, k, v = _SplitHeads.apply(qkv.view(b, n, 3, self.heads, d // self.heads), rope, True)
+        q, k, v = split_heads(qkv.view(b, n, 3, self.heads, d // self.heads), rope, True)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
@@ -254,6 +314,8 @@ def _norm_for(norm: nn.Module, x: torch.Tensor, out_features: int) -> tuple[torc
     at least twice as many tokens as those rows: the scale's passes then run over the weights instead of
     over the activations (y*w forward, g*w and sum(g*y) backward). Same function, float rounding aside;
     the choice depends only on shapes, so a run stays bit-reproducible."""
+    if torch.compiler.is_compiling():  # inductor fuses the scale into the norm's pass
+        return norm(x), None
     if isinstance(norm, RmsNorm) and x.numel() // x.shape[-1] >= 2 * out_features:
         return rms_norm(x, None, norm.eps), norm.weight
     return norm(x), None

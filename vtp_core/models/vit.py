@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm, trunc_normal_
 
-from vtp_core.models.layers import Block, RmsNorm, dinov3_rope
+from vtp_core.models.layers import Block, RmsNorm, rope_table
 from vtp_core.registry import ViTSize, swiglu_hidden
 
 
@@ -39,7 +39,7 @@ class RopeStack(nn.Module):
         self.norm = norm_layer(size.width)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        rope = dinov3_rope(self.head_dim, tuple(hw), self.rope_base, self.n_prefix, x.device, self.heads)
+        rope = rope_table("dinov3", self.head_dim, tuple(hw), self.rope_base, self.n_prefix, x.device, self.heads)
         for blk in self.blocks:
             x = blk(x, rope=rope)
         return self.norm(x)
