@@ -88,7 +88,7 @@ class TokenizerConfig:
     lambda_lpips: float = 1.0  # LPIPS weight inside L_rec (on only with lpips_sha256 + lpips_weights)
     lpips_sha256: str = ""  # sha256 of the VGG16 LPIPS weights (versioned: identifies the loss)
     lpips_weights: str = unversioned("")  # path to those weights (a path: not versioned)
-    compile: bool = unversioned(False)  # torch.compile the model (CUDA only)
+    compile: bool = unversioned(False)  # torch.compile the towers (`pretrain.compile_towers`); CUDA only
     # stage 2 (GAN decoder fine-tuning, encoder frozen; METHOD.md §2.2 UNKNOWN -> VA-VAE/LDM priors)
     stage2_lr: float = 1e-4  # decoder and discriminator AdamW lr (constant)
     disc_start: int = 0  # stage-2 step at which the GAN term switches on (VA-VAE: 5001)

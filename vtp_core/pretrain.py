@@ -58,16 +58,26 @@ class StepModule(torch.nn.Module):
         return step_losses(self.model, self.teacher, batch, teacher_temp, self.active, self.lpips)
 
 
-def maybe_compile(model: Tokenizer, cfg: TokenizerConfig, ctx: StageContext) -> None:
-    """In-place `Module.compile` of the towers (state-dict keys unchanged); CUDA only."""
+def compile_towers(model: Tokenizer, teacher: Teacher | None = None, **compile_kwargs) -> None:
+    """In-place `Module.compile` (state-dict keys unchanged) of what the step runs: the encoder's and the
+    teacher's block stacks (`ViTEncoder.tokens` is a method, so compiling the encoder module itself would
+    compile nothing), the pixel decoder and the text tower. Shapes are specialised (`dynamic=False`): a
+    step has a few fixed batch/crop shapes, and each stack compiles to one graph per shape."""
+    towers = [model.encoder.trunk, model.decoder] + ([model.text] if hasattr(model, "text") else [])
+    towers += [teacher.encoder.trunk] if teacher is not None else []
+    for tower in towers:
+        tower.compile(**{"dynamic": False, **compile_kwargs})
+
+
+def maybe_compile(model: Tokenizer, teacher: Teacher | None, cfg: TokenizerConfig, ctx: StageContext) -> None:
+    """`compile_towers` when `cfg.compile`, on CUDA only (on CPU inductor measured no faster than eager,
+    docs/benchmarks.md, and costs tens of seconds of start-up per cell)."""
     if not cfg.compile:
         return
     if torch.device(ctx.device).type != "cuda":
         ctx.log.warning("pretrain: compile=True ignored on %s (CUDA only)", ctx.device)
         return
-    for name in ("encoder", "decoder", "text"):
-        if hasattr(model, name):
-            getattr(model, name).compile()
+    compile_towers(model, teacher)
 
 
 def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
@@ -97,7 +107,7 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
         set_rng_state(ck["rng"])
         step, wall_before, window = ck["step"], ck["wall_s"], ck["loss_window"]
         log.info("pretrain: resumed from %s at step %d (stage 2 step %d)", ctx.ckpt_path, step, s2.step if s2 else 0)
-    maybe_compile(model, cfg, ctx)
+    maybe_compile(model, teacher, cfg, ctx)
 
     def save() -> None:
         if not distributed.is_main():
