@@ -5,7 +5,9 @@ vs the same model built from timm's Eva layers (RoPE, SwiGLU, RMSNorm: the work 
 Ours and the reference alternate (ours, ref, ref, ours, ours, ref, ...) and the row reports medians,
 so load from other jobs on the machine, and cache state left by the other model, hit both sides alike. With a GPU present, the S and B steps also run
 there in bf16 (autocast, fused AdamW, SDPA) and the row adds MFU: the step's FLOPs counted by
-`torch.utils.flop_counter` on the step itself, per second, over the GPU's dense bf16 peak."""
+`torch.utils.flop_counter` on the step itself, per second, over the GPU's dense bf16 peak; and the same
+with both sides `torch.compile`d (ours as the trainer compiles it, `compile_towers`; the reference whole),
+since the GPU target is met, or not, with the compiler on."""
 from __future__ import annotations
 
 import os
@@ -158,18 +160,25 @@ def _peak_tflops() -> float | None:
 
 
 def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, rounds: int, iters: int,
-          device: str = "cpu", reference: str = "vit") -> dict:
+          device: str = "cpu", reference: str = "vit", compiled: str | None = None) -> dict:
+    """One row; `compiled`: a torch.compile backend for both sides ("inductor" on the GPU), or None (eager)."""
     ours, ref = _pair(encoder, image_size, patch, channels, batch, device, reference)
+    step_flops = ours.flops() if device == "cuda" else 0  # counted eagerly: the compiled step is the same step
+    if compiled:
+        from vtp_core.pretrain import compile_towers
+
+        compile_towers(ours.model, backend=compiled)
+        ref.model.compile(dynamic=False, backend=compiled)
     t_ours, t_ref, ratio = _alternate(ours, ref, rounds, iters, warmup=4)
     what = {"vit": "timm ViT enc+dec", "eva": "the same model in timm's Eva layers, information"}[reference]
-    where = f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device
+    where = (f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device) + (f" compiled ({compiled})" if compiled else "")
     row = {"bench": f"tokenizer ae step {encoder} {image_size}px/p{patch} b{batch} {where} images/s "
                     f"(ref: {what}; median of {rounds} alternated rounds)",
            "value": round(batch / t_ours, 1), "reference": round(batch / t_ref, 1), "ratio": round(ratio, 3),
            "ok": ratio >= 0.98 if reference == "vit" else None}
     if device == "cuda":
         peak = _peak_tflops()
-        achieved = ours.flops() / t_ours / 1e12
+        achieved = step_flops / t_ours / 1e12
         row["bench"] += f"; {achieved:.0f} TFLOP/s bf16"
         if peak:
             row["bench"] += f", MFU {achieved / peak:.1%} of {peak:.0f}"
@@ -182,6 +191,6 @@ def run() -> list[dict]:
             _case("tiny", 32, 4, 8, 64, rounds=7, iters=3, reference="eva"),
             _case("S", 64, 16, 64, 8, rounds=5, iters=2, reference="eva")]
     if torch.cuda.is_available():
-        rows += [_case("S", 256, 16, 64, 64, rounds=5, iters=10, device="cuda"),
-                 _case("B", 256, 16, 64, 64, rounds=5, iters=10, device="cuda")]
+        rows += [_case(size, 256, 16, 64, 64, rounds=5, iters=10, device="cuda", compiled=compiled)
+                 for compiled in (None, "inductor") for size in ("S", "B")]
     return rows

@@ -25,3 +25,15 @@ def test_case_rows_have_the_table_fields():
     assert set(row) == {"bench", "value", "reference", "ratio", "ok"} and row["value"] > 0 and row["ok"] in (True, False)
     info = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, reference="eva")
     assert info["ok"] is None and "Eva" in info["bench"]
+
+
+def test_compiled_case_compiles_both_sides(monkeypatch):
+    """The GPU rows' compiled variant: ours through `compile_towers` (as the trainer), the reference whole."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, compiled="aot_eager")
+    assert "compiled (aot_eager)" in row["bench"] and row["value"] > 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs >= 3  # encoder stack, decoder, reference
+    torch._dynamo.reset()
