@@ -171,7 +171,8 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
         ref.model.compile(dynamic=False, backend=compiled)
     t_ours, t_ref, ratio = _alternate(ours, ref, rounds, iters, warmup=4)
     what = {"vit": "timm ViT enc+dec", "eva": "the same model in timm's Eva layers, information"}[reference]
-    where = (f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device) + (f" compiled ({compiled})" if compiled else "")
+    where = f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device
+    where += f" compiled ({compiled})" if compiled else ""
     row = {"bench": f"tokenizer ae step {encoder} {image_size}px/p{patch} b{batch} {where} images/s "
                     f"(ref: {what}; median of {rounds} alternated rounds)",
            "value": round(batch / t_ours, 1), "reference": round(batch / t_ref, 1), "ratio": round(ratio, 3),

@@ -131,7 +131,8 @@ class DiT(nn.Module):
         # token-major (B, N, D) from here on: a transposed residual stream is copied at every Linear
         tok = self.x_embedder(x).flatten(2).transpose(1, 2).contiguous() + self.pos_embed.to(x.dtype)
         cond = self.t_embedder(t) + self.y_embedder(self.drop_labels(y))
-        rope = rope_table("eva", self.size.width // self.size.heads, g, x.device, self.size.heads)  # cached per grid, device
+        # cached per grid and device (eager); built in the graph under torch.compile
+        rope = rope_table("eva", self.size.width // self.size.heads, g, x.device, self.size.heads)
         for blk in self.blocks:
             tok = blk(tok, cond, rope)
         out = self.final_layer(tok, cond)  # (B, g*g, p*p*C)

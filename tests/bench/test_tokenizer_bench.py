@@ -27,7 +27,7 @@ def test_case_rows_have_the_table_fields():
     assert info["ok"] is None and "Eva" in info["bench"]
 
 
-def test_compiled_case_compiles_both_sides(monkeypatch):
+def test_compiled_case_compiles_both_sides():
     """The GPU rows' compiled variant: ours through `compile_towers` (as the trainer), the reference whole."""
     import torch._dynamo
 

@@ -276,9 +276,9 @@ class Attention(nn.Module):
         b, n, d = x.shape
         bias = self.qkv.bias
         if bias is None:
-            zeros = torch.zeros_like(self.q_bias) if torch.compiler.is_compiling() else _zeros(d, self.q_bias.device,
-                                                                                                   self.q_bias.dtype)
-            bias = torch.cat([self.q_bias, zeros, self.v_bias])
+            q_bias = self.q_bias  # the masked k bias: a cached zero vector, or a traced one under torch.compile
+            zeros = torch.zeros_like(q_bias) if torch.compiler.is_compiling() else _zeros(d, q_bias.device, q_bias.dtype)
+            bias = torch.cat([q_bias, zeros, self.v_bias])
         qkv = F.linear(x, _scaled(self.qkv.weight, in_scale), bias)
         q, k, v = split_heads(qkv.view(b, n, 3, self.heads, d // self.heads), rope, True)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
