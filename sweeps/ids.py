@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from typing import Any, Iterable
 
 from vtp_core.cfg import versioned_dict
@@ -35,8 +36,13 @@ def stage_hash(kind: str, cfg: Any, upstream_ids: Iterable[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
+# every character but str.isalnum() ones and "-_." (the same set over all of Unicode: `\w` is isalnum plus "_");
+# one regex pass instead of a Python loop per character (planning 10k cells calls this 60k times)
+_UNSAFE = re.compile(r"[^\w.-]")
+
+
 def stage_id(kind: str, tag: str, cfg: Any, upstream_ids: Iterable[str] = ()) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tag)[:60]
+    safe = _UNSAFE.sub("_", tag)[:60]
     return f"{kind}-{safe}-{stage_hash(kind, cfg, upstream_ids)}"
 
 

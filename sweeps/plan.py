@@ -79,10 +79,14 @@ def plan(study: Study) -> Plan:
                 s.refstats, (("extractor", ext.id),), seconds=2.0)
     p.add(ref)
     grid = s.grid
+    per_arch = {}  # (recipe, encoder) -> costs that ignore seed, data size and steps (`costs._strip`), looked up once
     for recipe, encoder, data_size, budget, seed in itertools.product(*(getattr(grid, a) for a in GRID_AXES)):
         base = dataclasses.replace(s.tokenizer, recipe=recipe, encoder=encoder, seed=seed,
                                    data=dataclasses.replace(s.tokenizer.data, n_train=data_size))
-        step_flops = costs.tokenizer_step_flops(base)
+        if (recipe, encoder) not in per_arch:
+            per_arch[recipe, encoder] = (costs.tokenizer_step_flops(base), costs.encoder_params(base),
+                                         costs.encoder_forward_flops(base), costs.latent_shape(base))
+        step_flops, enc_params, enc_flops, shape = per_arch[recipe, encoder]
         steps = math.floor(budget / step_flops)
         cell_name = f"{recipe}-{encoder}-d{fmt_num(data_size)}-f{fmt_num(budget)}-s{seed}"
         if steps < 1:
@@ -97,13 +101,11 @@ def plan(study: Study) -> Plan:
         probe = Stage("probe", stage_id("probe", pre.id.split("-", 1)[1].rsplit("-", 1)[0], s.probe, [pre.id, ext.id, ref.id]),
                       s.probe, (("pretrain", pre.id), ("extractor", ext.id), ("refstats", ref.id)), seconds=5.0)
         p.add(probe)
-        enc_flops = costs.encoder_forward_flops(tok)
         n_lat = s.latents.n_images or 60000
         lat_flops = enc_flops * n_lat * (2 if s.latents.flip else 1)
         lat = Stage("latents", stage_id("latents", pre.id.split("-", 1)[1].rsplit("-", 1)[0], s.latents, [pre.id]),
                     s.latents, (("pretrain", pre.id),), flops=lat_flops, seconds=_seconds(s, lat_flops))
         p.add(lat)
-        shape = costs.latent_shape(tok)
         dstep = costs.dit_step_flops(s.dit, shape)
         dit_flops = dstep * s.dit.steps
         dit = Stage("dit", stage_id("dit", f"{s.dit.size}-n{s.dit.steps}", s.dit, [lat.id]), s.dit,
@@ -121,7 +123,7 @@ def plan(study: Study) -> Plan:
         p.add(fid)
         p.cells.append(Cell(
             id=cell_name, recipe=recipe, encoder=encoder, data_size=data_size, budget_flops=float(budget),
-            seed=seed, steps=steps, encoder_params=costs.encoder_params(tok), tokenizer_flops=tok_flops,
+            seed=seed, steps=steps, encoder_params=enc_params, tokenizer_flops=tok_flops,
             dit_flops=dit_flops,
             stages={"extractor": ext.id, "refstats": ref.id, "pretrain": pre.id, "probe": probe.id,
                     "latents": lat.id, "dit": dit.id, "sample": samp.id, "fid": fid.id}))

@@ -55,6 +55,28 @@ def test_shared_stages_planned_once(write_study, fixed_costs):
         assert c.stages == ids1[c.id], "ids depend only on the cell's own config and upstream ids"
 
 
+def test_costs_looked_up_once_per_recipe_and_encoder(write_study, fixed_costs, monkeypatch):
+    """The planner asks for a tokenizer's costs once per (recipe, encoder): valid because costs ignore the
+    other grid axes (seed, data size and, through the budget, steps: `costs._strip`). A new grid axis must
+    say whether it changes costs, so this pins the axes."""
+    from sweeps.schema import GRID_AXES
+
+    assert GRID_AXES == ("recipe", "encoder", "data_size", "budget_flops", "seed")
+    asked = []
+    monkeypatch.setattr(costs, "tokenizer_step_flops", lambda cfg: asked.append(cfg) or (3.0e8 if cfg.recipe == "ae" else 7.0e8))
+    p = plan_mod.plan(load_study(write_study(STUDY)))
+    assert len(asked) == 2 and len(p.cells) == 16
+    by_arch = {(c.recipe, c.encoder): costs._strip(c) for c in asked}
+    for cell in p.cells:  # every cell's own config strips to the one its costs were looked up with
+        assert costs._strip(p.stages[cell.stages["pretrain"]].cfg) == by_arch[cell.recipe, cell.encoder]
+
+
+def test_stage_id_tag_keeps_letters_digits_and_dot_dash_underscore():
+    cfg = TokenizerConfig()
+    assert stage_id("pretrain", "a b/c:é-ü_1.5e9", cfg).startswith("pretrain-a_b_c_é-ü_1.5e9-")
+    assert stage_id("pretrain", "x" * 70, cfg) == stage_id("pretrain", "x" * 60, cfg)  # tags cut at 60
+
+
 def test_topological_order(write_study, fixed_costs):
     p = plan_mod.plan(load_study(write_study(STUDY)))
     seen = set()
