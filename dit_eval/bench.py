@@ -124,7 +124,7 @@ def rows(frechet_dim: int = 2048, extractors: bool = True) -> list[dict]:
     """The benchmarks as `make bench` rows {bench, value, reference, ratio, ok} (bench/__main__.py format)."""
     out = []
     d = bench_dit_train_step()
-    out.append({"bench": f"dit {d['size']} train images/s (ref: timm ViT blocks)",
+    out.append({"bench": f"dit {d['size']} train images/s (ref: timm ViT blocks, no adaLN/RoPE; information)",
                 "value": round(d["ours_images_per_s"], 1), "reference": round(d["timm_ref_images_per_s"], 1),
                 "ratio": round(1 / d["ratio"], 3), "ok": None})
     f = bench_frechet(dim=frechet_dim)

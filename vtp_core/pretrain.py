@@ -70,8 +70,8 @@ def compile_towers(model: Tokenizer, teacher: Teacher | None = None, **compile_k
 
 
 def maybe_compile(model: Tokenizer, teacher: Teacher | None, cfg: TokenizerConfig, ctx: StageContext) -> None:
-    """`compile_towers` when `cfg.compile`, on CUDA only (on CPU inductor measured no faster than eager,
-    docs/benchmarks.md, and costs tens of seconds of start-up per cell)."""
+    """`compile_towers` when `cfg.compile`, on CUDA only: on CPU inductor's 7-12 % gain (docs/benchmarks.md)
+    costs tens of seconds of start-up and a C++ toolchain per cell."""
     if not cfg.compile:
         return
     if torch.device(ctx.device).type != "cuda":
