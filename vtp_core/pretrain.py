@@ -27,8 +27,8 @@ from vtp_core.data import load_train
 from vtp_core.losses.lpips import load_lpips
 from vtp_core.objectives import Teacher, active_objectives, step_losses
 from vtp_core.registry import count_params
-from vtp_core.runtime import (Diverged, Preempted, StageContext, adamw, atomic_torch_save, load_checkpoint,
-                              rng_state, seed_everything, set_rng_state)
+from vtp_core.runtime import (Diverged, Preempted, StageContext, adamw, atomic_torch_save, keep_freed_memory,
+                              load_checkpoint, rng_state, seed_everything, set_rng_state)
 from vtp_core.schedules import ema_momentum_at, lr_at, teacher_temp_at
 from vtp_core.tokenizer import Tokenizer, tokenizer_payload
 
@@ -82,6 +82,7 @@ def maybe_compile(model: Tokenizer, teacher: Teacher | None, cfg: TokenizerConfi
 
 def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
     t_start, log = time.time(), ctx.log
+    keep_freed_memory()  # no heap trimmed and faulted back every step (runtime.keep_freed_memory)
     device = torch.device(distributed.setup(ctx.device))
     cuda = device.type == "cuda"
     seed_everything(cfg.seed)
