@@ -2,14 +2,17 @@
 encoder + decoder of the same width, depth and token count, timed in the same run; and, for information,
 vs the same model built from timm's Eva layers (RoPE, SwiGLU, RMSNorm: the work the plain ViT does not do).
 
-Ours and the reference alternate (ours, ref, ref, ours, ours, ref, ...) and the row reports medians,
-so load from other jobs on the machine, and cache state left by the other model, hit both sides alike. With a GPU present, the S and B steps also run
+Each side runs in a spawned process of its own (`_Remote`), as each would when training, and the two
+alternate in time (ours, ref, ref, ours, ours, ref, ...), the idle one waiting on a pipe; the row reports
+medians, so load from other jobs on the machine, and cache state left by the other model, hit both sides
+alike, while neither allocates on a heap the other has shaped. With a GPU present, the S and B steps also run
 there in bf16 (autocast, fused AdamW, SDPA) and the row adds MFU: the step's FLOPs counted by
 `torch.utils.flop_counter` on the step itself, per second, over the GPU's dense bf16 peak; and the same
 with both sides `torch.compile`d (ours as the trainer compiles it, `compile_towers`; the reference whole),
 since the GPU target is met, or not, with the compiler on."""
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -119,19 +122,123 @@ class _Stepper:
         return counter.get_total_flops()
 
 
-def _pair(encoder: str, image_size: int, patch: int, channels: int, batch: int, device: str, reference: str = "vit"):
+def _side(side: str, encoder: str, image_size: int, patch: int, channels: int, batch: int, device: str,
+          reference: str = "vit") -> _Stepper:
+    """One side of a pair, "ours" (the `ae` tokenizer as the trainer builds it) or "ref", on a fixed batch
+    that is the same for both sides, whichever process builds them."""
     from vtp_core import registry
     from vtp_core.config import DataConfig, TokenizerConfig
     from vtp_core.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
-    cfg = TokenizerConfig(recipe="ae", encoder=encoder, decoder=encoder, patch=patch, latent_channels=channels,
-                          data=DataConfig(image_size=image_size))
-    ours = build_tokenizer(cfg).to(device)
-    ref = {"vit": TimmAE, "eva": TimmEvaAE}[reference](registry.get("encoder", encoder), registry.get("decoder", encoder),
-                                                       image_size, patch, channels).to(device)
-    x = torch.randn(batch, 3, image_size, image_size, device=device)
-    return _Stepper(ours, lambda v: ours.decode(ours.encode(v)), x), _Stepper(ref, ref, x)
+    if side == "ours":
+        cfg = TokenizerConfig(recipe="ae", encoder=encoder, decoder=encoder, patch=patch, latent_channels=channels,
+                              data=DataConfig(image_size=image_size))
+        model = build_tokenizer(cfg).to(device)
+        fwd = lambda v: model.decode(model.encode(v))  # noqa: E731
+    else:
+        model = {"vit": TimmAE, "eva": TimmEvaAE}[reference](registry.get("encoder", encoder),
+                                                             registry.get("decoder", encoder),
+                                                             image_size, patch, channels).to(device)
+        fwd = model
+    x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(device)
+    return _Stepper(model, fwd, x)
+
+
+def _pair(encoder: str, image_size: int, patch: int, channels: int, batch: int, device: str, reference: str = "vit"):
+    """Both sides in this process (the tests' view of a row's models)."""
+    return tuple(_side(side, encoder, image_size, patch, channels, batch, device, reference) for side in ("ours", "ref"))
+
+
+def _compile(stepper: _Stepper, side: str, backend: str) -> None:
+    """Ours as the trainer compiles it (`compile_towers`), the reference whole."""
+    if side == "ours":
+        from vtp_core.pretrain import compile_towers
+
+        compile_towers(stepper.model, backend=backend)
+    else:
+        stepper.model.compile(dynamic=False, backend=backend)
+
+
+def _serve(conn, threads: int, side: str, args: tuple) -> None:
+    """A side's own process: build it, then answer ("seconds", iters) / ("flops", None) / ("compile",
+    backend) / ("exit", None) with ("ok", result) or ("error", traceback) until told to exit."""
+    import traceback
+
+    from vtp_core.runtime import keep_freed_memory
+
+    torch.set_num_threads(threads)
+    keep_freed_memory()  # as a trainer's process runs
+    stepper = None
+    while True:
+        op, arg = conn.recv()
+        try:
+            if stepper is None:
+                stepper = _side(side, *args)
+            if op == "exit":
+                conn.send(("ok", None))
+                return
+            if op == "compile":
+                from torch._dynamo.utils import counters
+
+                _compile(stepper, side, arg)
+                stepper.step()  # compiles now, not inside a timed round
+                result = counters["stats"]["unique_graphs"]
+            else:
+                result = stepper.seconds(arg) if op == "seconds" else stepper.flops()
+            conn.send(("ok", result))
+        except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+            conn.send(("error", traceback.format_exc()))
+            return
+
+
+class _Remote:
+    """One side of a row in a process of its own (`_serve`), stepped on request: ours and the reference
+    each own a whole process, as each would when training, so neither runs on a heap or caches the other's
+    allocations shaped (in one shared process ours took 2,000-13,000 page faults a step after each of the
+    reference's rounds as the heap fragmented and grew; alone, none). Rounds still alternate in time, and
+    the idle side waits on a pipe, so machine drift still hits both sides alike."""
+
+    def __init__(self, side: str, args: tuple):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no torch state inherited by fork
+        self.side, (self.conn, child) = side, ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, torch.get_num_threads(), side, args), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def _call(self, op: str, arg=None):
+        self.conn.send((op, arg))
+        try:
+            status, result = self.conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(f"tokenizer bench: the {self.side} process died (exit code {self.proc.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"tokenizer bench: the {self.side} process failed:\n{result}")
+        return result
+
+    def step(self) -> None:
+        self._call("seconds", 1)
+
+    def seconds(self, iters: int) -> float:
+        return self._call("seconds", iters)
+
+    def flops(self) -> int:
+        return self._call("flops")
+
+    def compile(self, backend: str) -> int:
+        """Compile this side; returns its process's count of dynamo graphs so far."""
+        return self._call("compile", backend)
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(Exception):
+                self._call("exit")
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.conn.close()
 
 
 def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int, warmup: int = 2) -> tuple[float, float, float]:
@@ -165,23 +272,35 @@ def _sig(x: float, digits: int = 4) -> float:
 
 
 def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, rounds: int, iters: int,
-          device: str = "cpu", reference: str = "vit", compiled: str | None = None) -> dict:
-    """One row; `compiled`: a torch.compile backend for both sides ("inductor" on the GPU), or None (eager)."""
-    ours, ref = _pair(encoder, image_size, patch, channels, batch, device, reference)
-    # counted eagerly (the compiled step is the same step), one step each: ours does 2 % more arithmetic than the
-    # plain ViT at tiny (SwiGLU hidden 170.7 rounded up to 176), the same at S and B, and the row says so
-    step_flops, ref_flops = ours.flops(), ref.flops()
-    if compiled:
-        from vtp_core.pretrain import compile_towers
-
-        compile_towers(ours.model, backend=compiled)
-        ref.model.compile(dynamic=False, backend=compiled)
-    t_ours, t_ref, ratio = _alternate(ours, ref, rounds, iters, warmup=4)
+          device: str = "cpu", reference: str = "vit", compiled: str | None = None, isolated: bool = True) -> dict:
+    """One row; `compiled`: a torch.compile backend for both sides ("inductor" on the GPU), or None (eager).
+    `isolated` (what `make bench` runs): each side in its own process (`_Remote`); False: both in this one."""
+    args = (encoder, image_size, patch, channels, batch, device, reference)
+    if isolated:
+        ours, ref = _Remote("ours", args), _Remote("ref", args)
+    else:
+        ours, ref = (_side(side, *args) for side in ("ours", "ref"))
+    try:
+        # counted eagerly (the compiled step is the same step), one step each: ours does 2 % more arithmetic than the
+        # plain ViT at tiny (SwiGLU hidden 170.7 rounded up to 176), the same at S and B, and the row says so
+        step_flops, ref_flops = ours.flops(), ref.flops()
+        if compiled:
+            for side, stepper in (("ours", ours), ("ref", ref)):
+                if isolated:
+                    stepper.compile(compiled)
+                else:
+                    _compile(stepper, side, compiled)
+        t_ours, t_ref, ratio = _alternate(ours, ref, rounds, iters, warmup=4)
+    finally:
+        if isolated:
+            ours.close()
+            ref.close()
     what = {"vit": "timm ViT enc+dec", "eva": "the same model in timm's Eva layers, information"}[reference]
     where = f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device
     where += f" compiled ({compiled})" if compiled else ""
+    how = "each in its own process, " if isolated else ""
     row = {"bench": f"tokenizer ae step {encoder} {image_size}px/p{patch} b{batch} {where} images/s "
-                    f"(ref: {what}; median of {rounds} alternated rounds; FLOPs ours/ref {step_flops / ref_flops:.3f})",
+                    f"(ref: {what}; {how}median of {rounds} alternated rounds; FLOPs ours/ref {step_flops / ref_flops:.3f})",
            "value": _sig(batch / t_ours), "reference": _sig(batch / t_ref), "ratio": round(ratio, 3),
            "ok": ratio >= 0.98 if reference == "vit" else None}
     if device == "cuda":

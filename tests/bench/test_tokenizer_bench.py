@@ -21,10 +21,42 @@ def test_references_build_and_match_ours_in_shape(reference):
 
 
 def test_case_rows_have_the_table_fields():
-    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1)
+    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, isolated=False)
     assert set(row) == {"bench", "value", "reference", "ratio", "ok"} and row["value"] > 0 and row["ok"] in (True, False)
-    info = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, reference="eva")
+    info = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, reference="eva", isolated=False)
     assert info["ok"] is None and "Eva" in info["bench"]
+
+
+def test_make_bench_rows_run_each_side_in_its_own_process():
+    """What `make bench` runs: ours and the reference each in a spawned process of its own, stepped in
+    alternation; the compiled variant compiles in those processes (ours two graphs: encoder stack and
+    decoder; the reference one)."""
+    from bench.tokenizer import _Remote
+
+    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1)
+    assert "each in its own process" in row["bench"] and row["value"] > 0 and row["reference"] > 0
+    args = ("tiny", 16, 4, 8, 2, "cpu", "vit")
+    ours, ref = _Remote("ours", args), _Remote("ref", args)
+    try:
+        assert ours.flops() / ref.flops() == pytest.approx(1.02, abs=0.003)  # built in the child, as in _pair
+        assert ours.compile("aot_eager") >= 2 and ref.compile("aot_eager") >= 1
+        assert ours.seconds(1) > 0
+    finally:
+        ours.close()
+        ref.close()
+    assert not ours.proc.is_alive() and not ref.proc.is_alive()
+
+
+def test_a_side_that_fails_in_its_process_raises_here_with_its_traceback():
+    from bench.tokenizer import _Remote
+
+    bad = _Remote("ours", ("no-such-size", 16, 4, 8, 2, "cpu", "vit"))
+    try:
+        with pytest.raises(RuntimeError, match="the ours process failed:(.|\n)*no-such-size"):
+            bad.flops()
+    finally:
+        bad.close()
+    assert not bad.proc.is_alive()
 
 
 def test_compiled_case_compiles_both_sides():
@@ -33,7 +65,7 @@ def test_compiled_case_compiles_both_sides():
 
     torch._dynamo.reset()
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, compiled="aot_eager")
+    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, compiled="aot_eager", isolated=False)
     assert "compiled (aot_eager)" in row["bench"] and row["value"] > 0
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs >= 3  # encoder stack, decoder, reference
     torch._dynamo.reset()
@@ -46,7 +78,7 @@ def test_reference_does_the_same_arithmetic_except_tiny_swiglu_rounding(size, ex
     print the FLOPs ratio beside the time ratio."""
     ours, ref = _pair(size, 32, 4 if size == "tiny" else 16, 8, 2, "cpu")
     assert ours.flops() / ref.flops() == pytest.approx(1 + excess, abs=0.003)
-    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1)
+    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, isolated=False)
     assert "FLOPs ours/ref 1.0" in row["bench"]
 
 
