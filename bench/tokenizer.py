@@ -241,9 +241,11 @@ class _Remote:
         self.conn.close()
 
 
-def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int, warmup: int = 2) -> tuple[float, float, float]:
-    """Median seconds/step of ours and ref, and the median of the per-round ratios ref/ours. The order
-    flips every round (ours-ref, ref-ours, ...), so neither side always inherits the other's caches."""
+def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int,
+               warmup: int = 2) -> tuple[float, float, float, tuple[float, float]]:
+    """Median seconds/step of ours and ref, the median of the per-round ratios ref/ours and their
+    quartiles (the row's own spread: a ratio inside it is parity). The order flips every round (ours-ref,
+    ref-ours, ...), so neither side always inherits the other's caches."""
     for s in (ours, ref):
         for _ in range(warmup):
             s.step()
@@ -255,8 +257,9 @@ def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int, warmup: i
         else:
             t_ours.append(ours.seconds(iters))
             t_ref.append(ref.seconds(iters))
-    ratio = statistics.median(r / o for o, r in zip(t_ours, t_ref))
-    return statistics.median(t_ours), statistics.median(t_ref), ratio
+    ratios = [r / o for o, r in zip(t_ours, t_ref)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return statistics.median(t_ours), statistics.median(t_ref), statistics.median(ratios), (quartiles[0], quartiles[2])
 
 
 def _peak_tflops() -> float | None:
@@ -290,7 +293,7 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
                     stepper.compile(compiled)
                 else:
                     _compile(stepper, side, compiled)
-        t_ours, t_ref, ratio = _alternate(ours, ref, rounds, iters, warmup=4)
+        t_ours, t_ref, ratio, (q1, q3) = _alternate(ours, ref, rounds, iters, warmup=4)
     finally:
         if isolated:
             ours.close()
@@ -300,7 +303,8 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
     where += f" compiled ({compiled})" if compiled else ""
     how = "each in its own process, " if isolated else ""
     row = {"bench": f"tokenizer ae step {encoder} {image_size}px/p{patch} b{batch} {where} images/s "
-                    f"(ref: {what}; {how}median of {rounds} alternated rounds; FLOPs ours/ref {step_flops / ref_flops:.3f})",
+                    f"(ref: {what}; {how}median of {rounds} alternated rounds, quartiles {q1:.3f}-{q3:.3f}; "
+                    f"FLOPs ours/ref {step_flops / ref_flops:.3f})",
            "value": _sig(batch / t_ours), "reference": _sig(batch / t_ref), "ratio": round(ratio, 3),
            "ok": ratio >= 0.98 if reference == "vit" else None}
     if device == "cuda":

@@ -1,4 +1,6 @@
 """The tokenizer bench's references are what its rows say they are (speed itself: `make bench`)."""
+import re
+
 import pytest
 import torch
 
@@ -21,8 +23,10 @@ def test_references_build_and_match_ours_in_shape(reference):
 
 
 def test_case_rows_have_the_table_fields():
-    row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, isolated=False)
+    row = _case("tiny", 16, 4, 8, 2, rounds=3, iters=1, isolated=False)
     assert set(row) == {"bench", "value", "reference", "ratio", "ok"} and row["value"] > 0 and row["ok"] in (True, False)
+    q1, q3 = map(float, re.search(r"quartiles ([\d.]+)-([\d.]+);", row["bench"]).groups())
+    assert q1 <= row["ratio"] + 1e-3 and row["ratio"] <= q3 + 1e-3  # the median lies between its quartiles
     info = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, reference="eva", isolated=False)
     assert info["ok"] is None and "Eva" in info["bench"]
 
