@@ -172,12 +172,12 @@ def _serve(conn, threads: int, side: str, args: tuple) -> None:
     stepper = None
     while True:
         op, arg = conn.recv()
+        if op == "exit":
+            conn.send(("ok", None))
+            return
         try:
             if stepper is None:
                 stepper = _side(side, *args)
-            if op == "exit":
-                conn.send(("ok", None))
-                return
             if op == "compile":
                 from torch._dynamo.utils import counters
 
@@ -195,9 +195,10 @@ def _serve(conn, threads: int, side: str, args: tuple) -> None:
 class _Remote:
     """One side of a row in a process of its own (`_serve`), stepped on request: ours and the reference
     each own a whole process, as each would when training, so neither runs on a heap or caches the other's
-    allocations shaped (in one shared process ours took 2,000-13,000 page faults a step after each of the
-    reference's rounds as the heap fragmented and grew; alone, none). Rounds still alternate in time, and
-    the idle side waits on a pipe, so machine drift still hits both sides alike."""
+    allocations shaped (in one shared process ours took 1,000-15,700 page faults a step after each of the
+    reference's rounds as the heap was trimmed, fragmented and grew; the reference ~0). Rounds still
+    alternate in time, and the idle side waits on a pipe, so machine drift still hits both sides alike.
+    `close()` (or `contextlib.closing`) ends the process."""
 
     def __init__(self, side: str, args: tuple):
         import multiprocessing as mp
@@ -279,11 +280,11 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
     """One row; `compiled`: a torch.compile backend for both sides ("inductor" on the GPU), or None (eager).
     `isolated` (what `make bench` runs): each side in its own process (`_Remote`); False: both in this one."""
     args = (encoder, image_size, patch, channels, batch, device, reference)
-    if isolated:
-        ours, ref = _Remote("ours", args), _Remote("ref", args)
-    else:
-        ours, ref = (_side(side, *args) for side in ("ours", "ref"))
-    try:
+    with contextlib.ExitStack() as processes:  # an isolated side's process ends with the row, whatever happens
+        if isolated:
+            ours, ref = (processes.enter_context(contextlib.closing(_Remote(side, args))) for side in ("ours", "ref"))
+        else:
+            ours, ref = (_side(side, *args) for side in ("ours", "ref"))
         # counted eagerly (the compiled step is the same step), one step each: ours does 2 % more arithmetic than the
         # plain ViT at tiny (SwiGLU hidden 170.7 rounded up to 176), the same at S and B, and the row says so
         step_flops, ref_flops = ours.flops(), ref.flops()
@@ -294,10 +295,6 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
                 else:
                     _compile(stepper, side, compiled)
         t_ours, t_ref, ratio, (q1, q3) = _alternate(ours, ref, rounds, iters, warmup=4)
-    finally:
-        if isolated:
-            ours.close()
-            ref.close()
     what = {"vit": "timm ViT enc+dec", "eva": "the same model in timm's Eva layers, information"}[reference]
     where = f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device
     where += f" compiled ({compiled})" if compiled else ""

@@ -37,8 +37,11 @@ def test_make_bench_rows_run_each_side_in_its_own_process():
     decoder; the reference one)."""
     from bench.tokenizer import _Remote
 
+    import multiprocessing
+
     row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1)
     assert "each in its own process" in row["bench"] and row["value"] > 0 and row["reference"] > 0
+    assert not multiprocessing.active_children()  # both sides' processes ended with the row
     args = ("tiny", 16, 4, 8, 2, "cpu", "vit")
     ours, ref = _Remote("ours", args), _Remote("ref", args)
     try:
