@@ -92,8 +92,8 @@ class TimmEvaAE(nn.Module):
 class _Stepper:
     """One model's train step (forward, L1, backward, the trainers' AdamW) on a fixed batch."""
 
-    def __init__(self, model: nn.Module, fwd, x: torch.Tensor):
-        self.model, self.fwd, self.x = model, fwd, x
+    def __init__(self, side: str, model: nn.Module, fwd, x: torch.Tensor):
+        self.side, self.model, self.fwd, self.x = side, model, fwd, x
         self.opt = adamw(model.parameters(), x.device, lr=1e-4)  # the trainers' optimizer, same for both sides
         self.cuda = x.is_cuda
 
@@ -121,6 +121,17 @@ class _Stepper:
             self.step()
         return counter.get_total_flops()
 
+    def compile(self, backend: str) -> None:
+        """Ours as the trainer compiles it (`compile_towers`), the reference whole; then one step, so the
+        compilation happens here and not inside a timed round."""
+        if self.side == "ours":
+            from vtp_core.pretrain import compile_towers
+
+            compile_towers(self.model, backend=backend)
+        else:
+            self.model.compile(dynamic=False, backend=backend)
+        self.step()
+
 
 def _side(side: str, encoder: str, image_size: int, patch: int, channels: int, batch: int, device: str,
           reference: str = "vit") -> _Stepper:
@@ -142,22 +153,12 @@ def _side(side: str, encoder: str, image_size: int, patch: int, channels: int, b
                                                              image_size, patch, channels).to(device)
         fwd = model
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(device)
-    return _Stepper(model, fwd, x)
+    return _Stepper(side, model, fwd, x)
 
 
 def _pair(encoder: str, image_size: int, patch: int, channels: int, batch: int, device: str, reference: str = "vit"):
     """Both sides in this process (the tests' view of a row's models)."""
     return tuple(_side(side, encoder, image_size, patch, channels, batch, device, reference) for side in ("ours", "ref"))
-
-
-def _compile(stepper: _Stepper, side: str, backend: str) -> None:
-    """Ours as the trainer compiles it (`compile_towers`), the reference whole."""
-    if side == "ours":
-        from vtp_core.pretrain import compile_towers
-
-        compile_towers(stepper.model, backend=backend)
-    else:
-        stepper.model.compile(dynamic=False, backend=backend)
 
 
 def _serve(conn, threads: int, side: str, args: tuple) -> None:
@@ -181,8 +182,7 @@ def _serve(conn, threads: int, side: str, args: tuple) -> None:
             if op == "compile":
                 from torch._dynamo.utils import counters
 
-                _compile(stepper, side, arg)
-                stepper.step()  # compiles now, not inside a timed round
+                stepper.compile(arg)
                 result = counters["stats"]["unique_graphs"]
             else:
                 result = stepper.seconds(arg) if op == "seconds" else stepper.flops()
@@ -259,8 +259,8 @@ def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int,
             t_ours.append(ours.seconds(iters))
             t_ref.append(ref.seconds(iters))
     ratios = [r / o for o, r in zip(t_ours, t_ref)]
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    return statistics.median(t_ours), statistics.median(t_ref), statistics.median(ratios), (quartiles[0], quartiles[2])
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3  # one round: its own spread
+    return statistics.median(t_ours), statistics.median(t_ref), statistics.median(ratios), (q1, q3)
 
 
 def _peak_tflops() -> float | None:
@@ -289,11 +289,8 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
         # plain ViT at tiny (SwiGLU hidden 170.7 rounded up to 176), the same at S and B, and the row says so
         step_flops, ref_flops = ours.flops(), ref.flops()
         if compiled:
-            for side, stepper in (("ours", ours), ("ref", ref)):
-                if isolated:
-                    stepper.compile(compiled)
-                else:
-                    _compile(stepper, side, compiled)
+            ours.compile(compiled)
+            ref.compile(compiled)
         t_ours, t_ref, ratio, (q1, q3) = _alternate(ours, ref, rounds, iters, warmup=4)
     what = {"vit": "timm ViT enc+dec", "eva": "the same model in timm's Eva layers, information"}[reference]
     where = f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device
