@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from vtp_core import registry
@@ -54,6 +55,35 @@ def vit_forward_flops_analytic(width: int, depth: int, n_tokens: int, mlp_hidden
     blocks = depth * (2 * per_token_params * n_tokens + 4 * n_tokens * n_tokens * width)
     embed = 2 * in_chans * patch * patch * width * n_patches
     return float(blocks + embed + 2 * width * out_dim * n_patches)
+
+
+def _attention_forward_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """SDPA forward: q k^T and scores·v, two matmuls (torch's formula, for the kernel its table lacks)."""
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """SDPA backward as the model computes it: the gradients of q k^T and of scores·v, four matmuls, twice
+    the forward. Not a flash kernel's recomputation of the scores (torch's formula counts it), which the
+    explicit form (`models.layers.attention`) and the meta-device count here (the math path) do not do."""
+    return 2 * flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_aten = torch.ops.aten
+ATTENTION_FLOP_FORMULAS = {  # FlopCounterMode `custom_mapping`: every SDPA kernel counted alike
+    _aten._scaled_dot_product_flash_attention_for_cpu: _attention_forward_flops,  # torch counts 0 for it
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward_flops,
+    _aten._scaled_dot_product_flash_attention_backward: _attention_backward_flops,
+    _aten._scaled_dot_product_efficient_attention_backward: _attention_backward_flops,
+    _aten._scaled_dot_product_cudnn_attention_backward: _attention_backward_flops,
+}
+
+
+def flop_counter_mode() -> FlopCounterMode:
+    """A `FlopCounterMode` that counts attention the same whichever kernel runs it: torch's CPU flash
+    kernel (which torch's own table counts as 0) and the GPU kernels as the explicit form and the meta
+    device count it. bench/ counts steps on real devices with it."""
+    return FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS)
 
 
 # ---------------------------------------------------------------- memoised internals
