@@ -5,6 +5,7 @@ scipy's sqrtm at Inception's 2048 dims, and what an extractor costs per image.
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -40,34 +41,59 @@ class TimmBlockDiT(nn.Module):
         return self.out(self.blocks(tok)).transpose(1, 2).reshape(b, c, h, w)
 
 
-def _time_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int, warmup: int = 2) -> float:
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """One flow-matching train step of `model` on a fixed batch, with the trainers' AdamW."""
     opt = adamw(model.parameters(), x.device, lr=1e-4)  # the trainers' optimizer, same for both sides
-    for i in range(warmup + iters):
-        if i == warmup:
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+
+    def step() -> None:
         loss = training_loss(model, x, y, -0.5, 1.25)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if x.is_cuda:
+
+    return step
+
+
+def _seconds(step, iters: int, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / iters
 
 
-def bench_dit_train_step(size: str = "tiny", latent_shape=(8, 8, 8), batch_size: int = 64, iters: int = 10,
-                         device: str = "cpu") -> dict:
-    """Training images/s of our DiT vs a timm-block reference of the same shape."""
+def time_pair(ours: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int, rounds: int = 5,
+              warmup: int = 2) -> tuple[float, float, float]:
+    """Median seconds/step of ours and ref over `rounds` alternated rounds of `iters` steps (ours-ref,
+    ref-ours, ...), and the median of the per-round ratios ref/ours: machine drift hits both sides alike
+    (one block of steps each, one after the other, swung this VM's ratios by +-20 %)."""
+    steps = [_train_step(m, x, y) for m in (ours, ref)]
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for i in ((1, 0) if r % 2 else (0, 1)):
+            times[i].append(_seconds(steps[i], iters, x.is_cuda))
+    ratio = statistics.median(t_ref / t_ours for t_ours, t_ref in zip(*times))
+    return statistics.median(times[0]), statistics.median(times[1]), ratio
+
+
+def bench_dit_train_step(size: str = "tiny", latent_shape=(8, 8, 8), batch_size: int = 64, iters: int = 5,
+                         device: str = "cpu", rounds: int = 7) -> dict:
+    """Training images/s of our DiT vs a timm-block reference of the same shape (`time_pair`)."""
     c, h, _ = latent_shape
     torch.manual_seed(0)
     x = torch.randn(batch_size, *latent_shape, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    ours = _time_train(create_dit(size, c, h, 10).to(device), x, y, iters)
-    ref = _time_train(TimmBlockDiT(size, c, h, 10).to(device), x, y, iters)
+    ours, ref, ratio = time_pair(create_dit(size, c, h, 10).to(device), TimmBlockDiT(size, c, h, 10).to(device),
+                                 x, y, iters, rounds)
     return {"bench": "dit_train_step", "size": size, "latent_shape": list(latent_shape), "batch_size": batch_size,
             "device": device, "ours_images_per_s": batch_size / ours, "timm_ref_images_per_s": batch_size / ref,
-            "ratio": ref / ours}
+            "ratio": ratio, "rounds": rounds}
 
 
 def bench_frechet(dim: int = 2048, n: int = 4096, seed: int = 0) -> dict:
@@ -124,9 +150,10 @@ def rows(frechet_dim: int = 2048, extractors: bool = True) -> list[dict]:
     """The benchmarks as `make bench` rows {bench, value, reference, ratio, ok} (bench/__main__.py format)."""
     out = []
     d = bench_dit_train_step()
-    out.append({"bench": f"dit {d['size']} train images/s (ref: timm ViT blocks, no adaLN/RoPE; information)",
+    out.append({"bench": f"dit {d['size']} train images/s (ref: timm ViT blocks, no adaLN/RoPE; information; "
+                         f"median of {d['rounds']} alternated rounds)",
                 "value": round(d["ours_images_per_s"], 1), "reference": round(d["timm_ref_images_per_s"], 1),
-                "ratio": round(1 / d["ratio"], 3), "ok": None})
+                "ratio": round(d["ratio"], 3), "ok": None})
     f = bench_frechet(dim=frechet_dim)
     out.append({"bench": f"frechet {frechet_dim}-d seconds (ref: scipy sqrtm)", "value": round(f["ours_s"], 3),
                 "reference": round(f["scipy_sqrtm_s"], 3), "ratio": round(f["ours_s"] / f["scipy_sqrtm_s"], 3),
