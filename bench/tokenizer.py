@@ -163,12 +163,15 @@ def _pair(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
 
 def _serve(conn, threads: int, side: str, args: tuple) -> None:
     """A side's own process: build it, then answer ("seconds", iters) / ("flops", None) / ("compile",
-    backend) / ("exit", None) with ("ok", result) or ("error", traceback) until told to exit."""
+    backend) / ("threads", None) / ("exit", None) with ("ok", result) or ("error", traceback) until told to
+    exit. "threads": (threads, whether this process had to call torch.set_num_threads)."""
     import traceback
 
     from vtp_core.runtime import keep_freed_memory
 
-    torch.set_num_threads(threads)
+    set_threads = torch.get_num_threads() != threads  # normally equal (`_Remote` passes OMP_NUM_THREADS)
+    if set_threads:  # and then left alone: see `_Remote` for what the call costs
+        torch.set_num_threads(threads)
     keep_freed_memory()  # as a trainer's process runs
     stepper = None
     while True:
@@ -176,6 +179,9 @@ def _serve(conn, threads: int, side: str, args: tuple) -> None:
         if op == "exit":
             conn.send(("ok", None))
             return
+        if op == "threads":
+            conn.send(("ok", (torch.get_num_threads(), set_threads)))
+            continue
         try:
             if stepper is None:
                 stepper = _side(side, *args)
@@ -192,6 +198,21 @@ def _serve(conn, threads: int, side: str, args: tuple) -> None:
             return
 
 
+@contextlib.contextmanager
+def _env(**values: str):
+    """os.environ with `values` set inside the block (what a spawned child inherits), restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class _Remote:
     """One side of a row in a process of its own (`_serve`), stepped on request: ours and the reference
     each own a whole process, as each would when training, so neither runs on a heap or caches the other's
@@ -205,8 +226,14 @@ class _Remote:
 
         ctx = mp.get_context("spawn")  # a fresh interpreter: no torch state inherited by fork
         self.side, (self.conn, child) = side, ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, torch.get_num_threads(), side, args), daemon=True)
-        self.proc.start()
+        threads = torch.get_num_threads()
+        self.proc = ctx.Process(target=_serve, args=(child, threads, side, args), daemon=True)
+        # The child starts with this process's thread count as its default, as a trainer does (it inherits
+        # OMP_NUM_THREADS from `make`, and nothing calls torch.set_num_threads): that call also turns MKL's
+        # dynamic threading off, after which every GEMM that torch's CPU flash-attention kernel runs inside
+        # its own parallel loop fans out again; attention measured 1.4-1.7x slower so, on both sides.
+        with _env(OMP_NUM_THREADS=str(threads)):
+            self.proc.start()
         child.close()
 
     def _call(self, op: str, arg=None):
@@ -227,6 +254,10 @@ class _Remote:
 
     def flops(self) -> int:
         return self._call("flops")
+
+    def threads(self) -> tuple[int, bool]:
+        """(the side's intra-op threads, whether its process called torch.set_num_threads to get them)."""
+        return tuple(self._call("threads"))
 
     def compile(self, backend: str) -> int:
         """Compile this side; returns its process's count of dynamo graphs so far."""

@@ -64,8 +64,8 @@ def _attention_forward_flops(query_shape, key_shape, value_shape, *args, **kwarg
 
 def _attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     """SDPA backward as the model computes it: the gradients of q k^T and of scores·v, four matmuls, twice
-    the forward. Not a flash kernel's recomputation of the scores (torch's formula counts it), which the
-    explicit form (`models.layers.attention`) and the meta-device count here (the math path) do not do."""
+    the forward. Not a flash kernel's recomputation of the scores (torch's formula counts it): the model's
+    arithmetic, as the explicit softmax(q k^T) v and the meta-device count here (the math path) do it."""
     return 2 * flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
@@ -82,7 +82,7 @@ ATTENTION_FLOP_FORMULAS = {  # FlopCounterMode `custom_mapping`: every SDPA kern
 def flop_counter_mode() -> FlopCounterMode:
     """A `FlopCounterMode` that counts attention the same whichever kernel runs it: torch's CPU flash
     kernel (which torch's own table counts as 0) and the GPU kernels as the explicit form and the meta
-    device count it. bench/ counts steps on real devices with it."""
+    device count it, so MFU is model FLOPs over time. bench/ counts steps on real devices with it."""
     return FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS)
 
 

@@ -54,6 +54,21 @@ def test_make_bench_rows_run_each_side_in_its_own_process():
     assert not ours.proc.is_alive() and not ref.proc.is_alive()
 
 
+def test_a_side_process_starts_with_this_thread_count_without_calling_set_num_threads():
+    """As a trainer's process: torch.set_num_threads would also turn MKL's dynamic threading off, which slows
+    torch's CPU flash attention 1.4-1.7x (its GEMMs fan out inside its own parallel loop)."""
+    from bench.tokenizer import _Remote
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2 if before == 1 else 1)  # not what a fresh process would pick from the environment
+    side = _Remote("ref", ("tiny", 16, 4, 8, 2, "cpu", "vit"))
+    try:
+        assert side.threads() == (torch.get_num_threads(), False)
+    finally:
+        side.close()
+        torch.set_num_threads(before)
+
+
 def test_a_side_that_fails_in_its_process_raises_here_with_its_traceback():
     from bench.tokenizer import _Remote
 
@@ -82,8 +97,8 @@ def test_compiled_case_compiles_both_sides():
 def test_reference_does_the_same_arithmetic_except_tiny_swiglu_rounding(size, excess):
     """The time ratio compares equal work at S (and B): SwiGLU's hidden int(8D/3) is exact for D = 384 / 768.
     At tiny (D = 64) it rounds 170.7 up to 176, so ours does ~2 % more FLOPs than the GELU MLP's 4D; the rows
-    print the FLOPs ratio beside the time ratio. Attention counts alike whichever kernel runs it (ours takes
-    the explicit form at tiny's 64-65 tokens, the reference torch's CPU flash kernel)."""
+    print the FLOPs ratio beside the time ratio, attention included (`vtp_core.flops.flop_counter_mode`; torch's
+    own table counts its CPU flash kernel as 0)."""
     ours, ref = _pair(size, 32, 4 if size == "tiny" else 16, 8, 2, "cpu")
     assert ours.flops() / ref.flops() == pytest.approx(1 + excess, abs=0.003)
     row = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, isolated=False)

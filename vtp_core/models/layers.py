@@ -257,32 +257,6 @@ class SwiGLU(nn.Module):
         return self.fc2(F.silu(g) * F.linear(x, _scaled(self.fc1_x.weight, in_scale), self.fc1_x.bias))
 
 
-MATMUL_ATTENTION_MAX_TOKENS = 128
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd)) v over (B, H, N, hd) q, k, v: SDPA, except in eager float32 on a CPU with
-    N <= `MATMUL_ATTENTION_MAX_TOKENS`, where the explicit form (two batched matmuls and a softmax) runs.
-    Measured fwd+bwd at 2 threads, explicit over SDPA's CPU flash kernel: 0.46-0.84x the time at 16-65
-    tokens (the demo's tokenizer and DiT, S at 64 px), 1.0-1.02x at 1 thread; at 257 tokens it is 0.92x or
-    1.06-1.13x depending on batch x heads, so longer sequences keep flash (O(N) memory). The choice
-    depends on shapes only, so a run stays bit-reproducible (docs/benchmarks.md)."""
-    n = q.shape[-2]
-    if (n > MATMUL_ATTENTION_MAX_TOKENS or q.device.type != "cpu" or q.dtype != torch.float32
-            or torch.compiler.is_compiling()):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
-    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
-    if is_causal:
-        scores = scores.masked_fill(_future(n, q.device), float("-inf"))
-    return torch.matmul(scores.softmax(-1), v)
-
-
-@functools.lru_cache(maxsize=16)
-def _future(n: int, device: torch.device) -> torch.Tensor:
-    """(n, n) bool, True above the diagonal: the keys a causal query may not see."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
-
-
 class Attention(nn.Module):
     """Multi-head self-attention via SDPA on views of the qkv projection, RoPE on q and k (`_SplitHeads`).
     `k_bias=False` is the EVA/DINOv3 variant: q and v biases only (DINOv3 masks the k bias out)."""
@@ -307,7 +281,7 @@ class Attention(nn.Module):
             bias = torch.cat([q_bias, zeros, self.v_bias])
         qkv = F.linear(x, _scaled(self.qkv.weight, in_scale), bias)
         q, k, v = split_heads(qkv.view(b, n, 3, self.heads, d // self.heads), rope, True)
-        x = attention(q, k, v, is_causal)
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
