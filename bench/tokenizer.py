@@ -278,17 +278,12 @@ def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int,
     """Median seconds/step of ours and ref, the median of the per-round ratios ref/ours and their
     quartiles (the row's own spread: a ratio inside it is parity). The order flips every round (ours-ref,
     ref-ours, ...), so neither side always inherits the other's caches."""
+    from dit_eval.bench import alternate
+
     for s in (ours, ref):
         for _ in range(warmup):
             s.step()
-    t_ours, t_ref = [], []
-    for r in range(rounds):
-        if r % 2:
-            t_ref.append(ref.seconds(iters))
-            t_ours.append(ours.seconds(iters))
-        else:
-            t_ours.append(ours.seconds(iters))
-            t_ref.append(ref.seconds(iters))
+    t_ours, t_ref = alternate(ours.seconds, ref.seconds, rounds, iters)
     ratios = [r / o for o, r in zip(t_ours, t_ref)]
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3  # one round: its own spread
     return statistics.median(t_ours), statistics.median(t_ref), statistics.median(ratios), (q1, q3)

@@ -5,6 +5,7 @@ scipy's sqrtm at Inception's 2048 dims, and what an extractor costs per image.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -74,12 +75,21 @@ def time_pair(ours: nn.Module, ref: nn.Module, x: torch.Tensor, y: torch.Tensor,
     for step in steps:
         for _ in range(warmup):
             step()
-    times: list[list[float]] = [[], []]
+    t_ours, t_ref = alternate(*(functools.partial(_seconds, s, cuda=x.is_cuda) for s in steps), rounds, iters)
+    ratio = statistics.median(r / o for o, r in zip(t_ours, t_ref))
+    return statistics.median(t_ours), statistics.median(t_ref), ratio
+
+
+def alternate(seconds_a, seconds_b, rounds: int, iters: int) -> tuple[list[float], list[float]]:
+    """Per-round seconds/step of two sides, `seconds_x(iters)` each, over `rounds` rounds in alternation
+    (a-b, b-a, a-b, ...): neither side always runs first, inheriting the other's caches, and machine drift
+    hits both alike. The DiT rows here and the tokenizer rows (bench/tokenizer.py) time pairs with it."""
+    times: tuple[list[float], list[float]] = ([], [])
+    sides = (seconds_a, seconds_b)
     for r in range(rounds):
         for i in ((1, 0) if r % 2 else (0, 1)):
-            times[i].append(_seconds(steps[i], iters, x.is_cuda))
-    ratio = statistics.median(t_ref / t_ours for t_ours, t_ref in zip(*times))
-    return statistics.median(times[0]), statistics.median(times[1]), ratio
+            times[i].append(sides[i](iters))
+    return times
 
 
 def bench_dit_train_step(size: str = "tiny", latent_shape=(8, 8, 8), batch_size: int = 64, iters: int = 5,
