@@ -148,9 +148,12 @@ def _side(side: str, encoder: str, image_size: int, patch: int, channels: int, b
         model = build_tokenizer(cfg).to(device)
         fwd = lambda v: model.decode(model.encode(v))  # noqa: E731
     else:
-        model = {"vit": TimmAE, "eva": TimmEvaAE}[reference](registry.get("encoder", encoder),
-                                                             registry.get("decoder", encoder),
-                                                             image_size, patch, channels).to(device)
+        from vtp_core.models.linear import route_linears
+
+        model = {"vit": TimmAE, "vit_onednn": TimmAE, "eva": TimmEvaAE}[reference](
+            registry.get("encoder", encoder), registry.get("decoder", encoder), image_size, patch, channels).to(device)
+        if reference != "vit":  # its Linears' GEMMs where ours run (oneDNN on this kind of CPU): layers vs layers
+            route_linears(model)
         fwd = model
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(device)
     return _Stepper(side, model, fwd, x)
@@ -318,7 +321,8 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
             ours.compile(compiled)
             ref.compile(compiled)
         t_ours, t_ref, ratio, (q1, q3) = _alternate(ours, ref, rounds, iters, warmup=4)
-    what = {"vit": "timm ViT enc+dec", "eva": "the same model in timm's Eva layers, information"}[reference]
+    what = {"vit": "timm ViT enc+dec", "vit_onednn": "timm ViT enc+dec, its Linears on our GEMMs (oneDNN), information",
+            "eva": "the same model in timm's Eva layers, its Linears on our GEMMs, information"}[reference]
     where = f"cpu {torch.get_num_threads()} threads" if device == "cpu" else device
     where += f" compiled ({compiled})" if compiled else ""
     how = "each in its own process, " if isolated else ""
@@ -340,11 +344,18 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
 def run() -> list[dict]:
     """CPU rows: tiny at the embedded demo's shape (32 px / p4); S and B at their training shape (256 px / p16,
     257 tokens) with the batch a 2-core CPU steps in about a second; S also at 64 px / p16 (17 tokens), where
-    per-op overhead, not arithmetic, sets the step time (the worst case for a model with more, smaller ops)."""
+    per-op overhead, not arithmetic, sets the step time (the worst case for a model with more, smaller ops).
+    Where our Linears run their GEMMs in oneDNN (`vtp_core.models.linear`), information rows give the plain
+    ViT the same GEMMs: the target rows compare against timm as it runs by default, those compare layers."""
+    from vtp_core.models.linear import cpu_gemm
+
     rows = [_case("tiny", 32, 4, 8, 64, rounds=11, iters=3), _case("S", 256, 16, 64, 2, rounds=9, iters=1),
-            _case("B", 256, 16, 64, 1, rounds=5, iters=1), _case("S", 64, 16, 64, 8, rounds=9, iters=2),
-            _case("tiny", 32, 4, 8, 64, rounds=7, iters=3, reference="eva"),
-            _case("S", 256, 16, 64, 2, rounds=5, iters=1, reference="eva")]
+            _case("B", 256, 16, 64, 1, rounds=5, iters=1), _case("S", 64, 16, 64, 8, rounds=9, iters=2)]
+    if cpu_gemm() == "onednn":
+        rows += [_case("tiny", 32, 4, 8, 64, rounds=7, iters=3, reference="vit_onednn"),
+                 _case("S", 256, 16, 64, 2, rounds=7, iters=1, reference="vit_onednn")]
+    rows += [_case("tiny", 32, 4, 8, 64, rounds=7, iters=3, reference="eva"),
+             _case("S", 256, 16, 64, 2, rounds=5, iters=1, reference="eva")]
     if torch.cuda.is_available():
         rows += [_case(size, 256, 16, 64, 64, rounds=5, iters=10, device="cuda", compiled=compiled)
                  for compiled in (None, "inductor") for size in ("S", "B")]

@@ -19,6 +19,7 @@ import torch.nn as nn
 from timm.layers import build_sincos2d_pos_embed
 
 from vtp_core.models.layers import Attention, RmsNorm, SwiGLU, rms_norm, rope_table
+from vtp_core.models.linear import Linear
 
 from dit_eval.sizes import DiTSize, get_size, list_sizes  # noqa: E402,F401  (re-exported: the registry)
 
@@ -35,7 +36,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, dim: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(Linear(freq_dim, dim), nn.SiLU(), Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
@@ -53,7 +54,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(dim, heads)
         self.norm2 = RmsNorm(dim, eps=1e-6)
         self.mlp = SwiGLU(dim, int(2 / 3 * 4 * dim))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
@@ -65,8 +66,8 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, out: int):
         super().__init__()
         self.norm = RmsNorm(dim, eps=1e-6)
-        self.linear = nn.Linear(dim, out)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = Linear(dim, out)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)

@@ -7,7 +7,8 @@ and then copied back to the qkv layout. Here RoPE is one complex multiply over q
 with a table cached per (grid, heads, device); RMSNorm has a closed-form backward and, before Linears at
 training shapes, its scale folded into their weights; the q/k/v gradients are written straight into the
 qkv layout: the same numbers with fewer passes over memory (bench/ measures the step against timm and
-diffusers references; docs/benchmarks.md has the figures).
+diffusers references; docs/benchmarks.md has the figures). Every Linear is `vtp_core.models.linear`'s:
+`F.linear`'s function, its CPU GEMMs in oneDNN where torch's MKL would take its slower path.
 
 Under `torch.compile` (`torch.compiler.is_compiling()`) the same functions take plain tensor ops instead:
 the eager tricks (complex views, in-place rotation, hand-written backwards, lru-cached tables built with
@@ -23,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import RotaryEmbeddingCat, RotaryEmbeddingDinoV3
+
+from vtp_core.models.linear import Linear, linear
 
 
 def _cos_sin(emb: torch.Tensor, half: bool, n_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,12 +252,12 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1_g, self.fc1_x, self.fc2 = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.fc1_g, self.fc1_x, self.fc2 = Linear(dim, hidden), Linear(dim, hidden), Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
         """`in_scale` (D,): a per-input-channel scale folded into fc1's weights (`Block`)."""
-        g = F.linear(x, _scaled(self.fc1_g.weight, in_scale), self.fc1_g.bias)
-        return self.fc2(F.silu(g) * F.linear(x, _scaled(self.fc1_x.weight, in_scale), self.fc1_x.bias))
+        g = linear(x, _scaled(self.fc1_g.weight, in_scale), self.fc1_g.bias)
+        return self.fc2(F.silu(g) * linear(x, _scaled(self.fc1_x.weight, in_scale), self.fc1_x.bias))
 
 
 class Attention(nn.Module):
@@ -264,11 +267,11 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, k_bias: bool = True):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=k_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=k_bias)
         if not k_bias:
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, is_causal: bool = False,
                 in_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,7 +282,7 @@ class Attention(nn.Module):
             q_bias = self.q_bias  # the masked k bias: a cached zero vector, or a traced one under torch.compile
             zeros = torch.zeros_like(q_bias) if torch.compiler.is_compiling() else _zeros(d, q_bias.device, q_bias.dtype)
             bias = torch.cat([q_bias, zeros, self.v_bias])
-        qkv = F.linear(x, _scaled(self.qkv.weight, in_scale), bias)
+        qkv = linear(x, _scaled(self.qkv.weight, in_scale), bias)
         q, k, v = split_heads(qkv.view(b, n, 3, self.heads, d // self.heads), rope, True)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))

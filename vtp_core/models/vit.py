@@ -12,10 +12,10 @@ import functools
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import LayerNorm, trunc_normal_
 
 from vtp_core.models.layers import Block, RmsNorm, rope_table
+from vtp_core.models.linear import Linear, linear
 from vtp_core.registry import ViTSize, swiglu_hidden
 
 
@@ -55,7 +55,7 @@ class ViTEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, size.width))
         self.mask_token = nn.Parameter(torch.zeros(1, size.width))  # iBOT: replaces masked patch embeddings
         self.trunk = RopeStack(size, "rms", n_prefix=1, rope_base=rope_base)
-        self.bottleneck = nn.Linear(size.width, latent_channels, bias=False)
+        self.bottleneck = Linear(size.width, latent_channels, bias=False)
         self.apply(init_weights)
         bound = (1.0 / (in_chans * patch * patch)) ** 0.5
         nn.init.uniform_(self.patch_embed.weight, -bound, bound)
@@ -94,9 +94,9 @@ class PixelDecoder(nn.Module):
         h, w = z.shape[-2:]
         # the 1x1 convs run as per-token Linears on their own weights: the stream stays token-major (B, N, D)
         # with no layout copies, and a CPU matmul is cheaper than a 1x1 convolution
-        t = F.linear(z.flatten(2).transpose(1, 2), self.conv_in.weight.flatten(1), self.conv_in.bias)
+        t = linear(z.flatten(2).transpose(1, 2), self.conv_in.weight.flatten(1), self.conv_in.bias)
         t = self.stack(t, (h, w))
-        y = F.linear(t, self.conv_out.weight.flatten(1), self.conv_out.bias)
+        y = linear(t, self.conv_out.weight.flatten(1), self.conv_out.bias)
         # PixelShuffle of the channel-major map, done from the token-major y in one copy instead of two:
         # channel c*p*p + i*p + j of token (r, s) is pixel (c, r*p + i, s*p + j)
         p, b = self.shuffle.upscale_factor, y.shape[0]
