@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from bench.tokenizer import _case, _pair
+from vtp_core.models.linear import Linear
 
 
-@pytest.mark.parametrize("reference", ["vit", "eva"])
+@pytest.mark.parametrize("reference", ["vit", "vit_onednn", "eva"])
 def test_references_build_and_match_ours_in_shape(reference):
     ours, ref = _pair("tiny", 16, 4, 8, 2, "cpu", reference)
     assert ref.fwd(ref.x).shape == ours.fwd(ours.x).shape == (2, 3, 16, 16)
@@ -18,6 +19,9 @@ def test_references_build_and_match_ours_in_shape(reference):
         blk = ref.model.enc.blocks[0]
         assert blk.mlp.fc1_g.out_features == ours.model.encoder.trunk.blocks[0].mlp.fc1_g.out_features
         assert ref.model.enc.rope is not None
+    linears = [m for m in ref.model.modules() if isinstance(m, torch.nn.Linear)]
+    # the target row's reference runs as timm does by default; the information rows' on our GEMMs (`route_linears`)
+    assert all((type(m) is Linear) == (reference != "vit") for m in linears) and len(linears) > 10
     ref.step()  # a full train step runs
     assert all(torch.isfinite(p).all() for p in ref.model.parameters())
 

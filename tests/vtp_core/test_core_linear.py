@@ -142,3 +142,28 @@ def test_route_linears_keeps_parameters_and_function(gemm):
     y = tower(x)
     assert type(y.grad_fn).__name__ == "_OneDnnLinearBackward"
     torch.testing.assert_close(y, before, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_bit_reproducible_across_processes():
+    """A resumed run is a new process: oneDNN must pick the same kernels there and give the same bits."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, torch\n"
+        "from vtp_core.models.linear import cpu_gemm, linear\n"
+        "assert cpu_gemm() == 'onednn'\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(1040, 64, generator=g, requires_grad=True)\n"
+        "w = torch.randn(176, 64, generator=g, requires_grad=True)\n"
+        "w2 = torch.randn(384, 176, generator=g, requires_grad=True)\n"
+        "y = linear(linear(x, w), w2)\n"
+        "grads = torch.autograd.grad(y.square().sum(), (x, w, w2))\n"
+        "print(hashlib.sha256(b''.join(t.detach().numpy().tobytes() for t in (y, *grads))).hexdigest())\n")
+    env = {**os.environ, "VTP_CPU_GEMM": "onednn"}
+    digests = {subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(2)}
+    assert len(digests) == 1 and len(next(iter(digests))) == len(hashlib.sha256().hexdigest())
