@@ -328,7 +328,7 @@ def _case(encoder: str, image_size: int, patch: int, channels: int, batch: int, 
     how = "each in its own process, " if isolated else ""
     row = {"bench": f"tokenizer ae step {encoder} {image_size}px/p{patch} b{batch} {where} images/s "
                     f"(ref: {what}; {how}median of {rounds} alternated rounds, quartiles {q1:.3f}-{q3:.3f}; "
-                    f"FLOPs ours/ref {step_flops / ref_flops:.3f})",
+                    f"FLOPs ours/ref {step_flops / ref_flops:.3f}; step {t_ours * 1e3:.4g} / {t_ref * 1e3:.4g} ms)",
            "value": _sig(batch / t_ours), "reference": _sig(batch / t_ref), "ratio": round(ratio, 3),
            "ok": ratio >= 0.98 if reference == "vit" else None}
     if device == "cuda":

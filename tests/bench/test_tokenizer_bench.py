@@ -31,6 +31,9 @@ def test_case_rows_have_the_table_fields():
     assert set(row) == {"bench", "value", "reference", "ratio", "ok"} and row["value"] > 0 and row["ok"] in (True, False)
     q1, q3 = map(float, re.search(r"quartiles ([\d.]+)-([\d.]+);", row["bench"]).groups())
     assert q1 <= row["ratio"] + 1e-3 and row["ratio"] <= q3 + 1e-3  # the median lies between its quartiles
+    t_ours, t_ref = map(float, re.search(r"step ([\d.]+) / ([\d.]+) ms\)", row["bench"]).groups())
+    assert t_ours == pytest.approx(2 / row["value"] * 1e3, rel=2e-3)  # the step time beside images/s (batch 2)
+    assert t_ref == pytest.approx(2 / row["reference"] * 1e3, rel=2e-3)
     info = _case("tiny", 16, 4, 8, 2, rounds=1, iters=1, reference="eva", isolated=False)
     assert info["ok"] is None and "Eva" in info["bench"]
 
