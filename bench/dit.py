@@ -52,6 +52,7 @@ def _vs_diffusers(size: str, shape: tuple, batch: int, iters: int, rounds: int,
 
 def run() -> list[dict]:
     from dit_eval.bench import bench_dit_train_step, rows
+    from vtp_core.models.linear import cpu_gemm
 
     out = rows(frechet_dim=2048)
     b = bench_dit_train_step(size="B/1", latent_shape=(64, 16, 16), batch_size=4, iters=1, rounds=5)
@@ -62,8 +63,6 @@ def run() -> list[dict]:
     for r in out:  # the timm-block rows are information (a plain stack does less than adaLN-Zero + RoPE);
         if r["bench"].startswith("frechet"):  # the target is the diffusers DiT rows below
             r["ok"] = bool(r["ok"]) and r["ratio"] <= 1 / 3  # target: at least 3x faster than sqrtm
-    from vtp_core.models.linear import cpu_gemm
-
     cases = [("tiny", (8, 8, 8), 64, 5, 7), ("B/1", (64, 16, 16), 4, 1, 5)]
     if cpu_gemm() == "onednn":  # ours' Linears run in oneDNN: the same GEMMs for the reference too, information
         cases += [("tiny", (8, 8, 8), 64, 5, 7, True), ("B/1", (64, 16, 16), 4, 1, 5, True)]

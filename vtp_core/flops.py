@@ -84,7 +84,9 @@ ATTENTION_FLOP_FORMULAS = {  # FlopCounterMode `custom_mapping`: every SDPA kern
     _aten._scaled_dot_product_efficient_attention_backward: _attention_backward_flops,
     _aten._scaled_dot_product_cudnn_attention_backward: _attention_backward_flops,
 }
-FLOP_FORMULAS = {**ATTENTION_FLOP_FORMULAS, torch.ops.mkldnn._linear_pointwise: _onednn_linear_flops}
+FLOP_FORMULAS = dict(ATTENTION_FLOP_FORMULAS)
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):  # a torch without oneDNN has no such op (and never runs it)
+    FLOP_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
 
 
 def flop_counter_mode() -> FlopCounterMode:

@@ -97,14 +97,13 @@ class _OneDnnLinear(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x2, weight = ctx.saved_tensors
+        x2, weight = ctx.saved_tensors  # `linear` sent only GEMMs of at least _MIN_MACS here
         g2 = grad.reshape(-1, grad.shape[-1])
-        (m, k), n = x2.shape, weight.shape[0]
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = (_dnn(g2, weight.t(), None) if m * k * n >= _MIN_MACS else g2.mm(weight)).view(ctx.shape)
+            gx = _dnn(g2, weight.t(), None).view(ctx.shape)
         if ctx.needs_input_grad[1]:
-            gw = _weight_grad(g2, x2) if m * k * n >= _MIN_MACS else g2.t().mm(x2)
+            gw = _weight_grad(g2, x2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
         return gx, gw, gb
@@ -115,7 +114,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
             or (bias is not None and bias.dtype != torch.float32) or torch.compiler.is_compiling()
             or torch.is_autocast_enabled("cpu") or cpu_gemm() != "onednn"
-            or x.numel() // max(x.shape[-1], 1) * x.shape[-1] * weight.shape[0] < _MIN_MACS):
+            or x.numel() * weight.shape[0] < _MIN_MACS):  # M·K·N multiply-adds
         return F.linear(x, weight, bias)
     return _OneDnnLinear.apply(x, weight, bias)
 
