@@ -1,6 +1,7 @@
-"""Command line: ``python -m analysis report|compare``.
+"""Command line: ``python -m analysis report|quote|compare``.
 
-    python -m analysis report  --table results/<study>/runs.parquet --out results/<study>
+    python -m analysis report  --table results/<study>/runs.parquet --out results/<study> [--commit SHA]
+    python -m analysis quote   --summary results/demo/summary.md --into README.md
     python -m analysis compare --table results/<study>/runs.parquet ae vtp [--target 30]
 
 Bad input (missing file, unreadable table, unknown recipe, no usable law) prints one line and exits 2.
@@ -38,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder (usually results/<study>)")
     r.add_argument("--study", help="study name (default: the table's only study)")
     r.add_argument("--n-boot", type=int, default=1000)
+    r.add_argument("--commit", help="commit recorded in summary.md (default: `git rev-parse --short HEAD` "
+                                    "of the current directory, -dirty with tracked changes)")
+    q = sub.add_parser("quote", help="quote a study's summary.md into a document's summary block (the README)")
+    q.add_argument("--summary", required=True, help="results/<study>/summary.md")
+    q.add_argument("--into", default="README.md")
     c = sub.add_parser("compare", help="compute multiplier between two recipes")
     c.add_argument("--table", required=True)
     c.add_argument("a", help="reference recipe (its best value is the target)")
@@ -51,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "quote":
+        from analysis.summary import parse_summary, quote_into
+
+        try:
+            text = Path(args.summary).read_text()
+            parse_summary(text)
+            quote_into(args.into, text)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.into}: quotes {args.summary}")
+        return 0
     try:
         df = load_table(args.table)
         if args.cmd == "report":
@@ -62,7 +80,8 @@ def main(argv=None) -> int:
                 raise TableError(f"{args.table}: study {args.study!r} not in table; choose --study from: "
                                  f"{', '.join(studies) or 'none'}")
             path = write_report(df, study, args.out, {"table": str(Path(args.table).resolve()),
-                                                      "git commit": _git_commit()}, n_boot=args.n_boot)
+                                                      "git commit": _git_commit()}, n_boot=args.n_boot,
+                                commit=args.commit)
             print(path)
         else:
             for col in (args.x, args.y):

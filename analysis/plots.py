@@ -9,10 +9,14 @@ must be able to trust from the picture alone:
 * the law is fitted by ``analysis.fit`` (same code as the report), drawn with its 95% bootstrap
   band, dashed beyond the data; the held-out-largest-x error is in the legend;
 * only one metric protocol per figure: rows made under other protocols are left out and counted
-  in the caption next to the protocol hash.
+  in the caption next to the protocol hash;
+* log axes carry plain tick labels, never mathtext like ``2×10²`` (``_plain_log_ticks``, applied to
+  every log axis of every figure in ``_save``): ``100``, ``150``, ``200`` on a gFID axis, ``1e19``,
+  ``2e19`` on a FLOPs axis (``tick_label``). ``Figure.tick_labels`` records the labels that were drawn.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker as mticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
@@ -48,6 +53,7 @@ class Figure:
     protocols: dict[str, str | None] = field(default_factory=dict)
     n_excluded: int = 0
     caption: str = ""
+    tick_labels: dict[str, list[str]] = field(default_factory=dict)   # "x"/"y" → labels drawn (log axes)
 
 
 def _status_key(s: str, has_value: bool) -> str:
@@ -61,14 +67,92 @@ def _colors(groups) -> dict[str, str]:
     return {g: cyc[i % len(cyc)] for i, g in enumerate(groups)}
 
 
-def _save(fig, out_stem) -> list[Path]:
+def tick_label(v: float) -> str:
+    """Plain text for one log-axis tick (one rule for every log axis of every figure).
+
+    Values in [1e-3, 1e5) (gFID, rFID, probe accuracies…) print as plain decimals: ``120``, ``0.5``.
+    Larger or smaller values (FLOPs, parameters, images) print as ``<mantissa>e<exponent>``:
+    ``1e19``, ``2e19``, ``2.5e19``. Twenty-digit decimals are unreadable and mathtext (``2×10¹⁹``) is
+    what we avoid; this is ``%g`` without its ``+``/zero-padding (``1e+19`` → ``1e19``), the way
+    budgets are written in the sweep YAMLs.
+    """
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    a = abs(v)
+    if 1e-3 <= a < 1e5:
+        return f"{v:.6g}"
+    e = math.floor(math.log10(a))
+    m = round(v / 10.0 ** e, 3)
+    if abs(m) >= 10:                      # 9.9996e19 rounds to 10e19: carry into the exponent
+        m, e = m / 10, e + 1
+    return f"{m:g}e{e}"
+
+
+class _LogTicks(mticker.Locator):
+    """Major ticks for a log axis, chosen from the view span so that several get a label.
+
+    * ≤ 0.6 decades (e.g. gFID 100–250): evenly spaced "nice" values (100, 125, 150, …); on so short
+      a span they are nearly evenly spaced on the log scale too, and decade ticks would leave at
+      most one label.
+    * ≤ 1.3 decades: 1, 2, 3, 5 × 10^k;  ≤ 2.3 decades: 1, 2, 5 × 10^k;  wider: decades only
+      (``LogLocator`` thins those further when there are many).
+    Minor ticks stay the usual unlabelled 2…9 × 10^k marks.
+    """
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin, vmax):
+        vmin, vmax = sorted((float(vmin), float(vmax)))
+        if not (vmin > 0 and math.isfinite(vmax)):
+            return mticker.LogLocator(base=10.0).tick_values(max(vmin, 1e-300), vmax)
+        span = math.log10(vmax / vmin)
+        if span <= 0.6:
+            t = mticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+            return t[t > 0]
+        subs = (1.0, 2.0, 3.0, 5.0) if span <= 1.3 else (1.0, 2.0, 5.0) if span <= 2.3 else (1.0,)
+        return mticker.LogLocator(base=10.0, subs=subs, numticks=12).tick_values(vmin, vmax)
+
+
+def _plain_log_ticks(ax) -> None:
+    """Every log axis of ``ax``: plain major labels (``tick_label``), unlabelled minor ticks."""
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale != "log":
+            continue
+        axis.set_major_locator(_LogTicks())
+        axis.set_major_formatter(mticker.FuncFormatter(lambda v, pos=None: tick_label(v)))
+        axis.set_minor_locator(mticker.LogLocator(base=10.0, subs="auto", numticks=12))
+        axis.set_minor_formatter(mticker.NullFormatter())
+
+
+def _drawn_labels(axis) -> list[str]:
+    """Non-empty labels of the ticks inside the view (major then minor), as the last draw made them."""
+    lo, hi = sorted(axis.get_view_interval())
+    out = []
+    for locs, fmt in ((axis.get_majorticklocs(), axis.get_major_formatter()),
+                      (axis.get_minorticklocs(), axis.get_minor_formatter())):
+        inside = [v for v in locs if lo <= v <= hi]
+        fmt.set_locs(inside)
+        out += [t for t in (fmt(v, i) for i, v in enumerate(inside)) if t]
+    return out
+
+
+def _save(fig, out_stem) -> tuple[list[Path], dict[str, list[str]]]:
+    """Write PNG + SVG; returns the paths and the tick labels drawn on log axes ({"x"|"y": labels})."""
+    labels: dict[str, list[str]] = {}
+    for ax in fig.axes:
+        _plain_log_ticks(ax)
     stem = Path(out_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
     fig.savefig(paths[0], dpi=130, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
+    for ax in fig.axes:
+        for name, axis, scale in (("x", ax.xaxis, ax.get_xscale()), ("y", ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                labels.setdefault(name, []).extend(_drawn_labels(axis))
     plt.close(fig)
-    return paths
+    return paths, labels
 
 
 def _caption(protos: dict, n_excl: int, extra: str = "") -> str:
@@ -172,7 +256,8 @@ def plot_scaling(df: pd.DataFrame, x: str = "tokenizer_flops", y: str = "gfid", 
     ax.set_title(title or f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", fontsize=11, pad=18)
     ax.text(0.5, 1.01, caption, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="0.35")
     _legend(ax, colors, labels, counts)
-    return Figure(_save(fig, out_stem), fits, protos, n_excl, caption)
+    paths, ticks = _save(fig, out_stem)
+    return Figure(paths, fits, protos, n_excl, caption, ticks)
 
 
 def _final_points(rows: pd.DataFrame, x: str, y: str, group: str) -> pd.DataFrame:
@@ -228,7 +313,8 @@ def plot_vs(df: pd.DataFrame, x: str, y: str, group: str = "recipe", out_stem=No
     ax.set_title(f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", fontsize=11, pad=18)
     ax.text(0.5, 1.01, caption, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="0.35")
     _legend(ax, colors, labels, counts)
-    return Figure(_save(fig, out_stem), {}, protos, n_excl, caption)
+    paths, ticks = _save(fig, out_stem)
+    return Figure(paths, {}, protos, n_excl, caption, ticks)
 
 
 def common_budget(df: pd.DataFrame, y: str = "gfid", group: str = "recipe") -> float | None:
@@ -288,4 +374,5 @@ def plot_recipes_at_equal_flops(df: pd.DataFrame, budget: float | None = None, y
     handles, _ = ax.get_legend_handles_labels()
     if handles:
         ax.legend(fontsize=7, loc="best")
-    return Figure(_save(fig, out_stem), fits, protos, n_excl, caption)
+    paths, ticks = _save(fig, out_stem)
+    return Figure(paths, fits, protos, n_excl, caption, ticks)

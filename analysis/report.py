@@ -3,6 +3,8 @@
 The page references the PNGs written next to it (SVGs sit beside them too), so the folder
 ``results/<study>/`` is the unit to copy. It is made on partial tables as well: unfinished, failed and
 diverged cells are listed with their reasons and a "provisional" banner says the numbers may move.
+``summary.md`` (``analysis.summary``: the headline numbers the README quotes) is written beside it
+from the same fits, and shown on the page.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import plots, summary
 from analysis.compare import CompareError, compare_recipes
 from analysis.fit import FitResult
 from analysis.table import check_table, problems, protocol_rows
@@ -27,7 +29,8 @@ table{border-collapse:collapse;font-size:13px;margin:.5em 0} td,th{border:1px so
 text-align:left} th{background:#f3f3f3} .banner{background:#fff3cd;border:1px solid #e0b84c;padding:.7em 1em;
 font-weight:600;margin:1em 0} .ok{color:#1a7f37} .bad{color:#b42318} figure{margin:1em 0}
 img{max-width:100%;border:1px solid #eee} figcaption{font-size:12px;color:#555} code{font-size:12px}
-.muted{color:#666;font-size:12px}
+.muted{color:#666;font-size:12px} pre.summary{background:#f7f7f7;border:1px solid #ddd;padding:.7em 1em;
+white-space:pre-wrap;font-size:13px}
 """
 
 
@@ -81,8 +84,11 @@ def _varies(df: pd.DataFrame, col: str) -> bool:
 
 
 def write_report(df: pd.DataFrame, study: str, out_dir, provenance: dict | None = None, *,
-                 n_boot: int = 1000, seed: int = 0) -> Path:
-    """Write ``out_dir/report.html`` (+ the PNG/SVG figures it shows) and return its path."""
+                 n_boot: int = 1000, seed: int = 0, commit: str | None = None,
+                 now: _dt.datetime | None = None) -> Path:
+    """Write ``out_dir/report.html`` (+ the PNG/SVG figures it shows) and ``out_dir/summary.md``
+    (``analysis.summary``, from the same fits as the main figure; ``commit`` defaults to
+    ``summary.git_commit()``, ``now`` to the current UTC time) and return the report's path."""
     check_table(df, f"study {study}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +119,9 @@ def write_report(df: pd.DataFrame, study: str, out_dir, provenance: dict | None 
         except CompareError as e:
             sentences.append(f"{a} vs {b}: {e}")
 
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now_dt = (now or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
+    _, summary_md = summary.write_summary(df, study, out, fits, commit=commit, now=now_dt)
+    now = now_dt.strftime("%Y-%m-%d %H:%M UTC")
     prov = {"study": study, "generated": now, **provenance,
             "gfid protocol": protos.get("gfid") or "unrecorded", "rfid protocol": protos.get("rfid") or "unrecorded",
             "rows left out (other protocols)": n_excl}
@@ -124,6 +132,9 @@ def write_report(df: pd.DataFrame, study: str, out_dir, provenance: dict | None 
         parts.append(f"<div class=banner id=provisional>PROVISIONAL: {len(bad)} of {len(df)} cells are not done "
                      "(or have no gFID). Laws are fitted on finished cells only and may move.</div>")
     parts += ["<h2>Summary</h2>", _table(_summary(df)),
+              "<p class=muted>Headline numbers, as written to <a href=\"summary.md\">summary.md</a> "
+              "(the text the README quotes):</p>",
+              f"<pre class=summary id=summary-md>{_e(summary_md)}</pre>",
               "<h2>Fitted laws</h2>",
               "<p class=muted>Fitted in log space, sum of Huber(δ=1e-3) losses, L-BFGS-B from a start grid; "
               f"95% percentile intervals from {n_boot} bootstrap resamples over cells; "

@@ -1,6 +1,8 @@
 """analysis.plots: files are written, statuses and protocols are handled, fits are the fit module's."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from analysis import plots
@@ -51,3 +53,42 @@ def test_plot_survives_all_missing_group(table, tmp_path):
     t.loc[t.recipe == "ae", "status"] = "pending"
     fig = plots.plot_scaling(t, out_stem=tmp_path / "partial", n_boot=50)
     assert _ok_png(fig.paths[0]) and fig.fits["ae"].refused
+
+
+def _svg_tick_texts(svg_path, axis: str) -> list[str]:
+    """Text drawn at the ticks of one axis ("x"/"y") in the SVG (matplotlib writes each text as a comment)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(svg_path, parser=ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))).getroot()
+    out = []
+    for g in root.iter("{http://www.w3.org/2000/svg}g"):
+        if re.fullmatch(f"{axis}tick_\\d+", g.get("id", "")):
+            out += [c.text.strip() for c in g.iter() if c.tag is ET.Comment and c.text.strip()]
+    return out
+
+
+def test_log_axis_tick_labels_are_plain_numbers(table, tmp_path):
+    """A gFID log axis between ~100 and ~250 reads 100, 125, 150, … (never 2×10² mathtext); FLOPs read 1e19."""
+    t = table.copy()
+    for recipe, (hi, lo) in (("vtp", (250.0, 110.0)), ("ae", (170.0, 190.0))):
+        has = (t.recipe == recipe) & t.gfid.notna()
+        t.loc[has, "gfid"] = np.linspace(hi, lo, int(has.sum()))
+    fig = plots.plot_scaling(t, out_stem=tmp_path / "hundreds", n_boot=50)
+    for labels in (fig.tick_labels["y"], _svg_tick_texts(fig.paths[1], "y")):
+        assert len(labels) >= 3, labels
+        for s in labels:
+            assert re.fullmatch(r"\d+", s) and not set(s) & set("×$^"), labels
+        assert 100 <= min(map(int, labels)) and max(map(int, labels)) <= 275, labels
+    for labels in (fig.tick_labels["x"], _svg_tick_texts(fig.paths[1], "x")):
+        assert labels and all(re.fullmatch(r"\d(\.\d+)?e\d+", s) for s in labels), labels     # 1e19, 2e19…
+    eq = plots.plot_recipes_at_equal_flops(t, out_stem=tmp_path / "eq", n_boot=50)
+    assert eq.tick_labels["y"] and all(re.fullmatch(r"\d+", s) for s in eq.tick_labels["y"]), eq.tick_labels
+    wide = plots.plot_scaling(table, out_stem=tmp_path / "wide", n_boot=50)          # gFID ~20–100
+    assert wide.tick_labels["y"] and all(re.fullmatch(r"\d+", s) for s in wide.tick_labels["y"]), wide.tick_labels
+
+
+def test_tick_label_format():
+    assert [plots.tick_label(v) for v in (120.0, 175.00000000000003, 0.5, 1e-3, 99999.0)] == \
+        ["120", "175", "0.5", "0.001", "99999"]
+    assert [plots.tick_label(v) for v in (1e19, 2e19, 2.5e19, 9.9996e19, 1e5, 5e-4)] == \
+        ["1e19", "2e19", "2.5e19", "1e20", "1e5", "5e-4"]
