@@ -8,6 +8,12 @@ can price thousands of cells instantly. Elementwise ops (norms, softmax, optimiz
 counted, as in the usual 6·N·D convention. Meta-device dispatch costs ~0.3 ms per op, so deep
 stacks are measured at depth 1 and 2 per tower and extrapolated: a step's FLOPs are exactly affine
 in each tower's depth (identical blocks), so this equals the full count (tested) in ~1 s instead of ~10. `vit_forward_flops_analytic` is the closed form for tests.
+
+With `rec_loss: l1_lpips` the frozen VGG16 LPIPS network (built on meta: no weights file needed) runs
+inside the counted step, so 'rec' includes its forward on the reconstruction and on the target and the
+backward through the reconstruction branch (input gradients only: the net is frozen; the target branch
+needs no grad). It is no registry tower: its cost is the same at depth 1 and 2, so it cancels in the
+extrapolation's differences and is counted exactly once (tested). Stage 2 counts it likewise.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vtp_core import registry
 from vtp_core.batches import sub_batch_sizes
 from vtp_core.config import DataConfig, TokenizerConfig
+from vtp_core.losses.lpips import LPIPS
 from vtp_core.models.vit import ViTEncoder
 from vtp_core.objectives import Teacher, active_objectives, step_losses
 from vtp_core.tokenizer import Tokenizer, text_size
@@ -144,9 +151,18 @@ def _meta_batch(cfg: TokenizerConfig, active: tuple[str, ...]) -> dict[str, torc
     return out
 
 
-def _count(model: Tokenizer, teacher: Teacher | None, batch: dict, objectives: tuple[str, ...]) -> int:
+def _meta_lpips(cfg: TokenizerConfig) -> LPIPS | None:
+    """The LPIPS net the trainer runs (`load_lpips`), on meta: same ops and shapes, no weights file needed."""
+    if not cfg.lpips_on:
+        return None
+    with torch.device("meta"):
+        return LPIPS().eval()
+
+
+def _count(model: Tokenizer, teacher: Teacher | None, batch: dict, objectives: tuple[str, ...],
+           lpips: LPIPS | None = None) -> int:
     with FlopCounterMode(display=False) as fc:
-        step_losses(model, teacher, batch, 0.04, objectives)["total"].backward()
+        step_losses(model, teacher, batch, 0.04, objectives, lpips)["total"].backward()
     return int(fc.get_total_flops())
 
 
@@ -156,7 +172,8 @@ def _count_step(cfg: TokenizerConfig, sizes: dict) -> dict[str, int]:
         teacher = Teacher(model) if model.lambda_ssl else None
     active = active_objectives(model)
     batch = _meta_batch(cfg, active)
-    return {o: _count(model, teacher, batch, (o,)) for o in active}
+    lpips = _meta_lpips(cfg)
+    return {o: _count(model, teacher, batch, (o,), lpips) for o in active}
 
 
 def _full_sizes(cfg: TokenizerConfig) -> dict:
@@ -167,7 +184,8 @@ def _full_sizes(cfg: TokenizerConfig) -> dict:
 
 
 def count_step_flops(cfg: TokenizerConfig, extrapolate: bool = True) -> dict[str, int]:
-    """FLOPs per objective of one step (forward + backward; teacher forward inside 'ssl')."""
+    """FLOPs per objective of one step (forward + backward; teacher forward inside 'ssl'; LPIPS inside 'rec'
+    when on: depth-independent, so it is in `base` and cancels in every `deeper - base`, counted once)."""
     full = _full_sizes(cfg)
     if not extrapolate or all(s.depth <= 2 for s in full.values()):
         return _count_step(cfg, full)
@@ -189,13 +207,15 @@ def _measure(cfg: TokenizerConfig) -> tuple[float, tuple[tuple[str, float], ...]
 
 def _encoder_params(cfg: TokenizerConfig) -> int:
     with torch.device("meta"):
-        enc = ViTEncoder(registry.get("encoder", cfg.encoder), cfg.patch, cfg.latent_channels)
+        enc = ViTEncoder(registry.get("encoder", cfg.encoder), cfg.patch, cfg.latent_channels,
+                         qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm)
     return registry.count_params(enc) - enc.mask_token.numel()
 
 
 def _encode_flops(cfg: TokenizerConfig) -> float:
     with torch.device("meta"):
-        enc = ViTEncoder(registry.get("encoder", cfg.encoder), cfg.patch, cfg.latent_channels)
+        enc = ViTEncoder(registry.get("encoder", cfg.encoder), cfg.patch, cfg.latent_channels,
+                         qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         enc.encode(torch.empty(1, 3, cfg.data.image_size, cfg.data.image_size, device="meta"))
     return float(fc.get_total_flops())
@@ -211,7 +231,7 @@ def _stage2_flops(cfg: TokenizerConfig) -> float:
     model.encoder.requires_grad_(False)
     x = torch.empty(sub_batch_sizes(cfg)[1], 3, cfg.data.image_size, cfg.data.image_size, device="meta")
     with FlopCounterMode(display=False) as fc:
-        gl = generator_losses(model, disc, x, cfg, None, gan_on=True)
+        gl = generator_losses(model, disc, x, cfg, _meta_lpips(cfg), gan_on=True)
         gl["total"].backward()
         discriminator_loss(disc, x, gl["x_hat"]).backward()
     return float(fc.get_total_flops())

@@ -1,8 +1,9 @@
 """LPIPS (VGG16, Zhang et al. 2018) from a user-supplied weights file, checked by sha256.
 
 Why user-supplied: nothing may download at run time, and the weights identify the loss, so the
-file's sha256 is a versioned config field (`lpips_sha256`) while its path is not. Without weights
-the perceptual term is off and the trainer says so in the log (never silently).
+file's sha256 is a versioned config field (`lpips_sha256`) while its path is not. Whether the term is
+on is the versioned choice `TokenizerConfig.rec_loss` ("l1_lpips", the paper's, needs the file; "l1"
+is said explicitly and runs without it).
 
 File format (torch.save, weights_only): {"features.<i>.weight"/".bias": torchvision VGG16 `features`
 conv weights, "lin.<k>.weight": (1, C_k, 1, 1) LPIPS linear heads for the 5 slices}. Build it once
@@ -12,6 +13,13 @@ from the two official files (torchvision's ImageNet VGG16 and the `lpips` packag
 
 It prints the file's sha256 and the `tokenizer:` lines to paste into a study. One format only: the
 converter is the single place that knows the official layouts.
+
+For rehearsals and tests on machines without the official files, `--random` writes a file of the same
+layout with seeded random weights (Kaiming-normal convs, positive heads; same seed, same bytes):
+
+    python -m vtp_core.losses.lpips --random --out lpips_random.pt [--seed 0]
+
+Its distances are finite and positive but mean nothing perceptually: never the paper's loss.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -128,12 +137,14 @@ def convert(vgg_path: str | Path, lin_path: str | Path, out_path: str | Path) ->
 
 
 def load_lpips(cfg, log: logging.Logger, device: str | torch.device = "cpu") -> LPIPS | None:
-    """The LPIPS net of `cfg.lpips_weights` (sha256 must equal `cfg.lpips_sha256`), or None with a warning."""
-    if not cfg.lpips_weights:
-        if cfg.lambda_lpips:
-            log.warning("LPIPS term OFF: no VGG16 LPIPS weights configured (TokenizerConfig.lpips_weights + "
-                        "lpips_sha256); L_rec = L1 only")
+    """The LPIPS net of `cfg.lpips_weights` (sha256 must equal `cfg.lpips_sha256`) when `cfg.rec_loss` is
+    "l1_lpips"; None for "l1" (an explicit choice: nothing to warn about). A StageError, never a silent
+    L1-only run, when l1_lpips has no file (config validation normally refuses that earlier)."""
+    if not cfg.lpips_on:
         return None
+    if not cfg.lpips_weights:
+        raise StageError("TokenizerConfig.rec_loss: l1_lpips needs tokenizer.lpips_weights (a VGG16 LPIPS file "
+                         f"built with: {_CONVERT}) and its lpips_sha256; or say rec_loss: l1")
     path = Path(cfg.lpips_weights)
     if not path.is_file():
         raise StageError(f"TokenizerConfig.lpips_weights: {path} not found")
@@ -155,25 +166,64 @@ def load_lpips(cfg, log: logging.Logger, device: str | torch.device = "cpu") -> 
                          f"build it from the official weights with: {_CONVERT}")
     net = LPIPS()
     net.load_state_dict(sd, strict=False)  # keys checked above; only the shift/scale constants are not in the file
+    log.info("LPIPS on: %s (sha256 %s)", path, digest)
     return net.to(device).eval()
+
+
+def random_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random weights in our file's layout: Kaiming-normal convs (ReLU gain, fan-in) with zero biases,
+    so activations keep their scale through the 13 layers, and positive heads of the official scale
+    (U[0.02, 0.18], mean 0.1 like the v0.1 heads), so distances are finite, >= 0 and 0 only for equal inputs."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in _shapes().items():  # fixed order: the same seed draws the same numbers
+        if key.startswith("lin."):
+            out[key] = 0.02 + 0.16 * torch.rand(shape, generator=g)
+        elif key.endswith(".weight"):
+            out[key] = torch.randn(shape, generator=g) * math.sqrt(2.0 / math.prod(shape[1:]))
+        else:
+            out[key] = torch.zeros(shape)
+    return out
+
+
+def write_random_lpips(out_path: str | Path, seed: int = 0) -> str:
+    """Write a random-weights LPIPS file with the exact layout of the converter's (rehearsals and tests without
+    the official VGG16 files; NOT the paper's loss); return its sha256. Same seed, same bytes."""
+    atomic_torch_save(random_state(seed), Path(out_path))
+    return sha256_file(out_path)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vtp_core.losses.lpips",
-                                 description="Convert the official VGG16 + LPIPS v0.1 weights to our LPIPS file.")
-    ap.add_argument("--vgg", required=True, help=_VGG_HINT)
-    ap.add_argument("--lin", required=True, help=_LIN_HINT)
+                                 description="Convert the official VGG16 + LPIPS v0.1 weights to our LPIPS file, "
+                                             "or (--random) write a seeded random-weights file of the same layout.")
+    ap.add_argument("--vgg", help=_VGG_HINT)
+    ap.add_argument("--lin", help=_LIN_HINT)
+    ap.add_argument("--random", action="store_true",
+                    help="random weights instead of the official files (rehearsals and tests; not the paper's loss)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --random (same seed, same file)")
     ap.add_argument("--out", required=True, help="the file to write (point TokenizerConfig.lpips_weights at it)")
     args = ap.parse_args(argv)
+    if args.random and (args.vgg or args.lin):
+        ap.error("--random takes no --vgg/--lin")
+    if not args.random and not (args.vgg and args.lin):
+        ap.error("give --vgg and --lin (the official files), or --random")
     try:
-        sha = convert(args.vgg, args.lin, args.out)
+        if args.random:
+            sha = write_random_lpips(args.out, args.seed)
+            print(f"note: random LPIPS weights (seed {args.seed}), for rehearsals and tests only", file=sys.stderr)
+        else:
+            sha = convert(args.vgg, args.lin, args.out)
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
     print(f"wrote {out}\nsha256 {sha}\n"
           f"tokenizer:  # in the study (merge into its tokenizer: block if it has one)\n"
-          f"  lpips_weights: {json.dumps(str(out))}\n  lpips_sha256: {json.dumps(sha)}")
+          f"  rec_loss: l1_lpips\n  lpips_weights: {json.dumps(str(out))}\n  lpips_sha256: {json.dumps(sha)}")
     return 0
 
 
