@@ -9,7 +9,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from sweeps.errors import SpecError
 
@@ -42,35 +41,44 @@ def _fmt_s(s: float) -> str:
 
 
 def print_dry_run(p, store, out=sys.stdout) -> None:
-    """One row per cell: stage ids, recipe, encoder + params, data, steps, FLOPs, est. time per stage."""
+    """One row per cell: recipe, encoder + params, data, budget, steps, samples seen (in all and per objective),
+    FLOPs, estimated time per stage and device-hours; then the stage ids and the totals."""
     from rich.console import Console
     from rich.table import Table
 
     from sweeps.ids import fmt_num
     from sweeps.plan import CELL_STAGES
 
-    console = Console(file=out, width=max(200, Console().width), soft_wrap=False)
+    console = Console(file=out, width=max(220, Console().width), soft_wrap=False)
     s = p.study
-    t = Table(title=f"study {s.name}: {len(p.cells)} cells, {len(p.stages)} distinct stages "
-                    f"(times assume {fmt_num(s.estimate.throughput_flops)} FLOP/s: estimate.throughput_flops)")
-    for col in ("cell", "recipe", "encoder", "enc params", "data", "budget", "steps", "tok FLOPs", "DiT FLOPs",
-                *[f"t {k}" for k in CELL_STAGES], "done"):
+    est = s.estimate
+    t = Table(title=f"study {s.name}: {len(p.cells)} cells, {len(p.stages)} distinct stages (times assume "
+                    f"{fmt_num(est.throughput)} FLOP/s per {est.device} and {fmt_num(est.decode_images_per_s)} "
+                    f"images/s per loader: estimate:)")
+    for col in ("cell", "recipe", "encoder", "enc params", "data", "budget", "steps", "samples seen",
+                "clip / ssl / rec", "tok FLOPs", "DiT FLOPs", *[f"t {k}" for k in CELL_STAGES], "dev-h", "done"):
         t.add_column(col, no_wrap=True)
     for c in p.cells:
         sts = [p.stages[c.stages[k]] for k in CELL_STAGES]
         done = sum(store.is_done(x.id) for x in sts)
+        budget = fmt_num(c.budget) + (" samples" if c.budget_kind == "samples" else "")
+        per_obj = " / ".join(fmt_num(c.samples[k]) for k in ("clip", "ssl", "rec"))
         t.add_row(c.id, c.recipe, c.encoder, f"{c.encoder_params / 1e6:.2f}M", fmt_num(c.data_size) if c.data_size else "all",
-                  fmt_num(c.budget_flops), str(c.steps), fmt_num(c.tokenizer_flops), fmt_num(c.dit_flops),
-                  *[_fmt_s(x.seconds) for x in sts], f"{done}/{len(sts)}")
+                  budget, str(c.steps), fmt_num(c.samples_seen), per_obj, fmt_num(c.tokenizer_flops),
+                  fmt_num(c.dit_flops), *[_fmt_s(x.seconds) for x in sts], f"{p.cell_device_hours(c):.3g}",
+                  f"{done}/{len(sts)}")
     console.print(t)
     print("stage ids per cell (" + " ".join(CELL_STAGES) + "):", file=out)
     for c in p.cells:
         print(f"  {c.id}: " + " ".join(c.stages[k] for k in CELL_STAGES), file=out)
     for st in p.stages.values():
         if st.kind in ("extractor", "refstats"):
-            print(f"shared stage {st.id}: {store.state(st.id)}", file=out)
-    total = sum(st.seconds for st in p.stages.values() if not store.is_done(st.id))
-    print(f"estimated time for the remaining stages: {_fmt_s(total)} (serial, one device)", file=out)
+            print(f"shared stage {st.id}: {store.state(st.id)}, {_fmt_s(st.seconds)}, {st.device_hours:.3g} device-h",
+                  file=out)
+    left = [st for st in p.stages.values() if not store.is_done(st.id)]
+    print(f"device-hours ({est.device}): {p.device_hours:.4g} for the study, "
+          f"{sum(st.device_hours for st in left):.4g} for the {len(left)} stages not done; "
+          f"serial time of those stages: {_fmt_s(sum(st.seconds for st in left))}", file=out)
 
 
 def cmd_plan(args) -> int:

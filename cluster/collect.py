@@ -49,8 +49,10 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
         row = {
             "study": plan.study.name, "cell": c.id, "recipe": c.recipe, "encoder": c.encoder,
             "encoder_params": c.encoder_params, "data_size": c.data_size or pre.get("data_size", 0),  # 0 asked = the whole set
-            "budget_flops": c.budget_flops,
+            "budget_flops": c.budget_flops, "budget_kind": c.budget_kind,
             "tokenizer_flops": pre.get("tokenizer_flops", c.tokenizer_flops), "tokenizer_steps": c.steps,
+            "samples_seen": pre.get("samples_seen", c.samples_seen),  # images drawn and trained on
+            **{f"samples_{k}": (pre.get("samples") or c.samples).get(k, 0) for k in ("clip", "ssl", "rec")},
             "dit_flops": dit.get("dit_flops", c.dit_flops), "seed": c.seed,
             "rfid": _val(rfid), "linear_probe": _val(probe.get("linear_probe")),
             "linear_probe_pre": _val(probe.get("linear_probe_pre")), "zero_shot": _val(probe.get("zero_shot")),
@@ -59,8 +61,9 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
             "gfid": _val(gfid), "gfid_protocol": gfid.get("protocol_hash"),
             "rfid_protocol": rfid.get("protocol_hash"), "dit_spec": dit_spec, "status": status, "reason": reason,
         }
-        for kind in CELL_STAGES:
+        for kind in ("extractor", "refstats", *CELL_STAGES):
             row[f"{kind}_id"] = c.stages[kind]
+            row[f"{kind}_wall_s"] = store.metrics(c.stages[kind]).get("wall_s")  # shared stages: one id, counted once
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in ("rfid", "linear_probe", "linear_probe_pre", "zero_shot", "zero_shot_top5", "gfid"):

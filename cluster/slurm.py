@@ -35,23 +35,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from cluster.job import StageJob, held_elsewhere
 from cluster.store import FINAL, Store, now
 from sweeps.errors import SpecError
+from sweeps.schema import Resources
+from sweeps.schema import resources_for as schema_resources_for
+from vtp_core.cfg import load
 
 REPO = Path(__file__).resolve().parents[1]
 
-# ---------------------------------------------------------------------------- resources schema
-RESOURCE_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "partition": str,
-    "gpus_per_node": int,
-    "cpus_per_task": int,
-    "mem_gb": (int, float),
-    "timeout_min": int,
-    "nodes": int,
-    "tasks_per_node": int,
-    "array_parallelism": int,
-    "additional_parameters": dict,
-}
-DEFAULT_RESOURCES: dict[str, Any] = {"cpus_per_task": 1, "timeout_min": 60, "nodes": 1, "tasks_per_node": 1,
-                                     "array_parallelism": 256}
+# ---------------------------------------------------------------------------- resources
+# The fields, their types and ranges are `sweeps.schema.Resources` (the one config system); a study's
+# `resources:` is validated when it is loaded. These two functions keep the dict-shaped API for callers
+# that pass their own mapping.
 DEFAULT_MAX_ARRAY_SIZE = 1000
 MAX_PICKLE_BYTES = 1 << 20
 LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -67,39 +60,24 @@ def stage_kinds() -> tuple[str, ...]:
 
 
 def validate_resources(resources: Mapping | None, kinds: Iterable[str] | None = None,
-                       where: str = "resources") -> dict[str, dict]:
-    """Check a study's `resources:` mapping; a bad key/field/value raises SpecError (one line)."""
-    kinds = tuple(kinds) if kinds is not None else stage_kinds()
-    keys = ("default", *kinds)
+                       where: str = "resources") -> dict[str, Resources]:
+    """A `resources:` mapping (raw YAML data or `Resources` already) as {key: Resources}; a bad key, field or
+    value raises SpecError (one line)."""
+    keys = ("default", *(tuple(kinds) if kinds is not None else stage_kinds()))
     resources = resources or {}
     if not isinstance(resources, Mapping):
         raise SpecError(f"{where}: expected a mapping of stage -> settings (keys: {', '.join(keys)})")
-    out: dict[str, dict] = {}
+    out: dict[str, Resources] = {}
     for key, fields in resources.items():
         if key not in keys:
             raise SpecError(f"{where}: unknown key {key!r} (allowed: {', '.join(keys)})")
-        fields = fields or {}
-        if not isinstance(fields, Mapping):
-            raise SpecError(f"{where}.{key}: expected a mapping of fields ({', '.join(RESOURCE_FIELDS)})")
-        for name, value in fields.items():
-            if name not in RESOURCE_FIELDS:
-                raise SpecError(f"{where}.{key}: unknown field {name!r} (allowed: {', '.join(RESOURCE_FIELDS)})")
-            typ = RESOURCE_FIELDS[name]
-            if not isinstance(value, typ) or isinstance(value, bool):
-                want = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
-                raise SpecError(f"{where}.{key}.{name}: expected {want}, got {value!r}")
-            if isinstance(value, (int, float)) and value < (0 if name == "gpus_per_node" else 1):
-                raise SpecError(f"{where}.{key}.{name}: must be >= {0 if name == 'gpus_per_node' else 1}, got {value!r}")
-        out[key] = dict(fields)
+        out[key] = fields if isinstance(fields, Resources) else load(Resources, fields or {}, "", path=f"{where}.{key}")
     return out
 
 
-def resources_for(resources: Mapping[str, dict], kind: str) -> dict[str, Any]:
+def resources_for(resources: Mapping[str, Resources], kind: str) -> dict[str, Any]:
     """DEFAULT_RESOURCES <- resources.default <- resources[kind]; additional_parameters are merged."""
-    res = {**DEFAULT_RESOURCES, **resources.get("default", {}), **resources.get(kind, {})}
-    res["additional_parameters"] = {**resources.get("default", {}).get("additional_parameters", {}),
-                                    **resources.get(kind, {}).get("additional_parameters", {})}
-    return res
+    return schema_resources_for(dict(resources), kind)
 
 
 # ---------------------------------------------------------------------------- scheduler queries

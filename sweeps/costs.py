@@ -1,10 +1,10 @@
-"""What a cell costs: FLOPs per training step (measured by the stages' own FLOPs modules), parameter
-counts, and the dry-run time estimate.
+"""What a cell costs: FLOPs per training step and per forward pass (measured by torch.utils.flop_counter
+on the meta device, on the stages' own modules), parameter counts, and image counts of the data.
 
-Measuring a step with torch.utils.flop_counter takes ~1 s per distinct model config, so results are
-memoized in-process and persisted in a small JSON cache (`$VTP_CACHE`, default
-`~/.cache/vtp-scaling/costs.json`) keyed by the versioned config and the FLOPs code version: a
-10,000-cell study re-plans in about a second, and a new config is measured once.
+Measuring a step takes ~1 s per distinct model config, so results are memoized in-process and
+persisted in a small JSON cache (`$VTP_CACHE`, default `~/.cache/vtp-scaling/costs.json`) keyed by
+the versioned config and `COSTS_VERSION`: a 10,000-cell study re-plans in about a second, and a new
+config is measured once.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dit_eval.config import DiTSpec
 from vtp_core.cfg import versioned_dict
 from vtp_core.config import TokenizerConfig
 
-COSTS_VERSION = 1  # bump when vtp_core/flops.py or dit_eval/flops.py change what they count
+COSTS_VERSION = 2  # bump when what a measurement counts changes
 
 
 def _cache_path() -> Path:
@@ -50,8 +50,17 @@ def _cached(kind: str, key_obj: Any, compute: Callable[[], float]) -> float:
 
 
 def _strip(cfg: TokenizerConfig) -> TokenizerConfig:
-    """Per-step FLOPs do not depend on steps, seed or data size: share one measurement."""
-    return dataclasses.replace(cfg, steps=1, seed=0, data=dataclasses.replace(cfg.data, n_train=0, subset_seed=0))
+    """Per-step FLOPs do not depend on steps, seed or the data's identity and size: share one measurement."""
+    return dataclasses.replace(cfg, steps=1, seed=0, data=dataclasses.replace(
+        cfg.data, n_train=0, subset_seed=0, checksum=""))
+
+
+def _count(fn: Callable[[], Any]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,9 +69,22 @@ def _tok(kind: str, cfg: TokenizerConfig) -> float:
         from vtp_core import flops
 
         return {"step": lambda: flops.train_step_flops(cfg)["total"], "params": lambda: flops.encoder_params(cfg),
-                "encode": lambda: flops.encode_flops(cfg)}[kind]()
+                "encode": lambda: flops.encode_flops(cfg), "decode": lambda: _decode_flops(cfg)}[kind]()
 
     return _cached(f"tok-{kind}", versioned_dict(cfg), measure)
+
+
+def _decode_flops(cfg: TokenizerConfig) -> float:
+    import torch
+
+    from vtp_core import registry
+    from vtp_core.models.vit import PixelDecoder
+
+    with torch.device("meta"):
+        dec = PixelDecoder(registry.get("decoder", cfg.decoder), cfg.patch, cfg.latent_channels, qkv_bias=cfg.qkv_bias)
+    c, h, w = latent_shape(cfg)
+    with torch.no_grad():
+        return _count(lambda: dec(torch.empty(1, c, h, w, device="meta")))
 
 
 def tokenizer_step_flops(cfg: TokenizerConfig) -> float:
@@ -78,6 +100,11 @@ def encoder_forward_flops(cfg: TokenizerConfig) -> float:
     return _tok("encode", _strip(cfg))
 
 
+def decoder_forward_flops(cfg: TokenizerConfig) -> float:
+    """Pixel-decoder forward FLOPs for one latent (sampling and rFID decode cost)."""
+    return _tok("decode", _strip(cfg))
+
+
 @functools.lru_cache(maxsize=None)
 def dit_step_flops(spec: DiTSpec, latent_shape: tuple[int, int, int]) -> float:
     def measure() -> float:
@@ -86,6 +113,45 @@ def dit_step_flops(spec: DiTSpec, latent_shape: tuple[int, int, int]) -> float:
         return flops.dit_train_step_flops(spec, latent_shape)
 
     return _cached("dit-step", [versioned_dict(spec), list(latent_shape)], measure)
+
+
+@functools.lru_cache(maxsize=None)
+def dit_forward_flops(spec: DiTSpec, latent_shape: tuple[int, int, int]) -> float:
+    """One velocity evaluation of one sample (a sampler step without guidance)."""
+    def measure() -> float:
+        import torch
+
+        from dit_eval.models import create_dit
+
+        c, h, w = latent_shape
+        with torch.device("meta"):
+            model = create_dit(spec.size, c, h, spec.num_classes, spec.class_dropout).eval()
+            x, t, y = torch.empty(1, c, h, w), torch.empty(1), torch.zeros(1, dtype=torch.long)
+        with torch.no_grad():
+            return _count(lambda: model(x, t, y))
+
+    return _cached("dit-fwd", [spec.size, spec.num_classes, list(latent_shape)], measure)
+
+
+@functools.lru_cache(maxsize=None)
+def extractor_forward_flops(name: str) -> float:
+    """FLOPs of one image through the FID feature extractor at its input size."""
+    def measure() -> float:
+        import torch
+
+        with torch.device("meta"):
+            if name == "inception":
+                from dit_eval.inception import FIDInceptionV3
+
+                net, x = FIDInceptionV3(), torch.empty(1, 3, 299, 299)
+            else:
+                from dit_eval.extractors import FMnistCNN
+
+                net, x = FMnistCNN(), torch.empty(1, 1, 32, 32)
+        with torch.no_grad():
+            return _count(lambda: net(x))
+
+    return _cached("extractor-fwd", name, measure)
 
 
 def latent_shape(cfg: TokenizerConfig) -> tuple[int, int, int]:

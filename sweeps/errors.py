@@ -1,5 +1,7 @@
-"""One exception for every bad-input case: the CLI prints its one line and exits with code 2."""
+"""One exception for every bad-input case: the CLI prints its one line and exits with code 2.
 
+It is `vtp_core.cfg.ConfigError` under the name the sweep code uses: the config loader and the
+planner raise the same class."""
+from vtp_core.cfg import ConfigError as SpecError
 
-class SpecError(ValueError):
-    """Bad study spec or argument. `str(err)` is the whole one-line message (file, field, value, allowed)."""
+__all__ = ["SpecError"]

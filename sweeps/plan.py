@@ -2,8 +2,15 @@
 
 Why a separate, pure step: the same plan drives every executor (local, SLURM, Ray), the dry-run
 table, `make status` and result collection, so all of them agree on which stage ids a cell needs.
-Budgets become steps here: steps = floor(budget / measured FLOPs per training step); a budget
-below one step is refused (SpecError) before any work.
+
+What it decides, and refuses before any work (SpecError, one line):
+- data identity: the study's data and eval data are read (their cached indexes) and their checksum
+  becomes part of every stage config, so other data never reuses a finished stage;
+- steps: floor(budget / FLOPs per step) for `budget_flops`, floor(budget / images per step) for
+  `budget_samples`; a budget below one step, or a schedule that would not reach its peak LR, is refused;
+- cost: every stage's time is its own work (its FLOPs, measured on its modules, and the images it
+  decodes) over the study's declared throughput per device (`estimate:`) times the devices that work
+  on it (`resources:`); device-hours are that time times the devices its job holds.
 """
 from __future__ import annotations
 
@@ -16,10 +23,14 @@ from typing import Any
 from sweeps import costs
 from sweeps.errors import SpecError
 from sweeps.ids import fmt_num, stage_id
-from sweeps.schema import GRID_AXES, Study
+from sweeps.schema import STAGE_KINDS, Grid, Study, devices_for
+from vtp_core.batches import images_per_step, objective_batches
+from vtp_core.cfg import ConfigError, check
+from vtp_core.config import DataConfig, warmup_steps
+from vtp_core.runtime import StageError
 
-CELL_STAGES = ("pretrain", "probe", "latents", "dit", "sample", "fid")
-SHARED_STAGES = ("extractor", "refstats")
+CELL_STAGES = STAGE_KINDS[2:]  # pretrain, probe, latents, dit, sample, fid: one chain per cell
+SHARED_STAGES = STAGE_KINDS[:2]  # extractor, refstats: one per study
 
 
 @dataclass(frozen=True)
@@ -28,12 +39,18 @@ class Stage:
     id: str
     cfg: Any
     upstream: tuple[tuple[str, str], ...] = ()  # (kind, stage id)
-    flops: float = 0.0  # estimated FLOPs of the stage (training stages: exact convention)
-    seconds: float = 0.0  # dry-run estimate = flops / study.estimate.throughput_flops
+    flops: float = 0.0  # FLOPs of the stage's work (training stages: the exact convention)
+    images: int = 0  # images it decodes from files
+    seconds: float = 0.0  # estimated wall time: work / (throughput × working devices)
+    devices: int = 1  # devices its job holds (GPUs; tasks on a CPU)
 
     @property
     def upstream_ids(self) -> tuple[str, ...]:
         return tuple(i for _, i in self.upstream)
+
+    @property
+    def device_hours(self) -> float:
+        return self.seconds * self.devices / 3600
 
 
 @dataclass(frozen=True)
@@ -42,13 +59,21 @@ class Cell:
     recipe: str
     encoder: str
     data_size: int
-    budget_flops: float
+    budget_kind: str  # "flops" | "samples"
+    budget: float
     seed: int
     steps: int
     encoder_params: int
     tokenizer_flops: float
     dit_flops: float
+    samples_seen: int  # steps × images drawn per step (what the recipe trains on)
+    samples: dict[str, int]  # per objective: clip, ssl, rec (0 when off)
     stages: dict[str, str]  # kind -> stage id
+
+    @property
+    def budget_flops(self) -> float:
+        """The FLOPs budget asked for, or the FLOPs a samples budget comes to."""
+        return self.budget if self.budget_kind == "flops" else self.tokenizer_flops
 
 
 @dataclass
@@ -64,67 +89,173 @@ class Plan:
     def cell_stages(self, cell: Cell) -> list[Stage]:
         return [self.stages[cell.stages[k]] for k in (*SHARED_STAGES, *CELL_STAGES)]
 
+    def cell_device_hours(self, cell: Cell) -> float:
+        """Device-hours of a cell's own stages (shared stages are counted once, in `device_hours`)."""
+        return sum(self.stages[cell.stages[k]].device_hours for k in CELL_STAGES)
 
-def _seconds(study: Study, flops: float) -> float:
-    return flops / study.estimate.throughput_flops
+    @property
+    def device_hours(self) -> float:
+        return sum(st.device_hours for st in self.stages.values())
+
+
+def _estimate(study: Study, kind: str, flops: float, images: int) -> tuple[float, int]:
+    """(seconds, devices held) of a stage: compute and decoding overlap, so the slower of the two."""
+    allocated, working = devices_for(study.resources, kind)
+    est = study.estimate
+    seconds = max(flops / (est.throughput * working), images / (est.decode_images_per_s * working))
+    return seconds, allocated
+
+
+def _stage(study: Study, kind: str, tag: str, cfg: Any, upstream: tuple = (), flops: float = 0.0,
+           images: int = 0) -> Stage:
+    seconds, devices = _estimate(study, kind, flops, images)
+    return Stage(kind, stage_id(kind, tag, cfg, [i for _, i in upstream]), cfg, upstream, flops, int(images),
+                 seconds, devices)
+
+
+def pin_data(d: DataConfig, where: str) -> DataConfig:
+    """`d` with its checksum: read from the data (indexes are built once and cached); a pinned value must
+    match. Missing or unreadable data is refused here, before any stage runs."""
+    try:
+        from vtp_core.data.datasets import dataset_checksum
+
+        now = dataset_checksum(d)
+    except StageError as exc:
+        raise SpecError(f"{where}.path: {str(exc).removeprefix('DataConfig.path: ')}") from None
+    if d.checksum and d.checksum != now:
+        raise SpecError(f"{where}.checksum: the data at {d.path or d.dataset} has manifest sha256 {now}, the study "
+                        f"pins {d.checksum!r}")
+    return dataclasses.replace(d, checksum=now)
+
+
+def _split_size(d: DataConfig, split: str, where: str) -> int:
+    try:
+        from vtp_core.data.datasets import split_size
+
+        return split_size(d, split)
+    except StageError as exc:
+        raise SpecError(f"{where}.path: {str(exc).removeprefix('DataConfig.path: ')}") from None
+
+
+def _check_counts(s: Study) -> None:
+    """Counts a stage would take from data that has fewer: refused now, not after the stages before it ran."""
+    where = s.path
+    train = _split_size(s.data, "train", f"{where}: data")
+    ev_train = _split_size(s.eval_data, "train", f"{where}: eval_data")
+    ev_test = _split_size(s.eval_data, "test", f"{where}: eval_data")
+    asks = [("grid.data_size", max(s.grid.data_size), train, "data's train split"),
+            ("probe.n_train", s.probe.n_train, ev_train, "eval_data's train split"),
+            ("probe.n_test", s.probe.n_test, ev_test, "eval_data's test split"),
+            ("latents.n_images", s.latents.n_images, ev_train, "eval_data's train split")]
+    if not s.refstats.npz:
+        n_ref = ev_train if s.refstats.split == "train" else ev_test
+        asks.append(("refstats.n_images", s.refstats.n_images, n_ref, f"eval_data's {s.refstats.split} split"))
+    for field_, asked, have, what in asks:
+        if asked > have:
+            raise SpecError(f"{where}: {field_}: {asked} is more than the {have} images of the {what}")
+    try:
+        from vtp_core.data import class_names
+
+        n_cls = len(class_names(s.eval_data))
+    except StageError as exc:
+        raise SpecError(f"{where}: eval_data.path: {str(exc).removeprefix('DataConfig.path: ')}") from None
+    if n_cls > s.dit.num_classes:
+        raise SpecError(f"{where}: dit.num_classes: {s.dit.num_classes} is fewer than the {n_cls} classes of eval_data")
 
 
 def plan(study: Study) -> Plan:
-    p = Plan(study)
-    s = study
-    ext = Stage("extractor", stage_id("extractor", s.extractor.name, s.extractor), s.extractor,
-                flops=0.0, seconds=20.0 if s.extractor.name == "fmnist_cnn" else 1.0)
+    s = _pinned(study)
+    _check_counts(s)
+    p = Plan(s)
+    where = s.path
+    ext_fwd = costs.extractor_forward_flops(s.extractor.name)
+    ext_flops = 3 * ext_fwd * 64 * s.extractor.train_steps if s.extractor.name == "fmnist_cnn" else 0.0
+    ext = _stage(s, "extractor", s.extractor.name, s.extractor, flops=ext_flops)
     p.add(ext)
-    ref = Stage("refstats", stage_id("refstats", f"{s.refstats.data.dataset}-{s.refstats.split}", s.refstats, [ext.id]),
-                s.refstats, (("extractor", ext.id),), seconds=2.0)
+    if s.refstats.npz:
+        n_ref = 0
+    else:
+        n_ref = s.refstats.n_images or _split_size(s.refstats.data, s.refstats.split, f"{where}: eval_data")
+    ref = _stage(s, "refstats", f"{s.refstats.data.dataset}-{s.refstats.split}", s.refstats, (("extractor", ext.id),),
+                 flops=n_ref * ext_fwd, images=n_ref)
     p.add(ref)
-    grid = s.grid
+    g = s.grid
+    n_lat = s.latents.n_images or _split_size(s.latents.data, "train", f"{where}: eval_data")
     per_arch = {}  # (recipe, encoder) -> costs that ignore seed, data size and steps (`costs._strip`), looked up once
-    for recipe, encoder, data_size, budget, seed in itertools.product(*(getattr(grid, a) for a in GRID_AXES)):
+    for recipe, encoder, data_size, budget, seed in itertools.product(g.recipe, g.encoder, g.data_size, g.budget,
+                                                                      g.seed):
         base = dataclasses.replace(s.tokenizer, recipe=recipe, encoder=encoder, seed=seed,
                                    data=dataclasses.replace(s.tokenizer.data, n_train=data_size))
         if (recipe, encoder) not in per_arch:
+            try:
+                check(dataclasses.replace(base, steps=1), where, "tokenizer")
+            except ConfigError as exc:
+                raise SpecError(f"{exc} (recipe {recipe}, encoder {encoder})") from None
             per_arch[recipe, encoder] = (costs.tokenizer_step_flops(base), costs.encoder_params(base),
-                                         costs.encoder_forward_flops(base), costs.latent_shape(base))
-        step_flops, enc_params, enc_flops, shape = per_arch[recipe, encoder]
-        steps = math.floor(budget / step_flops)
-        cell_name = f"{recipe}-{encoder}-d{fmt_num(data_size)}-f{fmt_num(budget)}-s{seed}"
+                                         costs.encoder_forward_flops(base), costs.decoder_forward_flops(base),
+                                         costs.latent_shape(base))
+        step_flops, enc_params, enc_flops, dec_flops, shape = per_arch[recipe, encoder]
+        draw = images_per_step(base)
+        tag = f"f{fmt_num(budget)}" if g.budget_kind == "flops" else f"n{fmt_num(budget)}"
+        cell_name = f"{recipe}-{encoder}-d{fmt_num(data_size)}-{tag}-s{seed}"
+        per_step = step_flops if g.budget_kind == "flops" else draw
+        steps = math.floor(budget / per_step)
         if steps < 1:
+            unit = f"{fmt_num(step_flops)} FLOPs" if g.budget_kind == "flops" else f"{draw} images"
             raise SpecError(
-                f"{s.path}: grid.budget_flops: {fmt_num(budget)} is less than one training step "
-                f"({fmt_num(step_flops)} FLOPs) for cell {cell_name} (raise the budget or shrink tokenizer.batch_size)")
+                f"{where}: grid.budget_{g.budget_kind}: {fmt_num(budget)} is less than one training step ({unit}) "
+                f"for cell {cell_name} (raise the budget or shrink tokenizer.batch_size)")
         tok = dataclasses.replace(base, steps=steps)
+        warm = warmup_steps(tok)
+        if warm > steps:
+            raise SpecError(f"{where}: tokenizer.warmup_fraction: cell {cell_name} has {steps} steps and {warm} of "
+                            f"warm-up; it would never reach its peak LR")
         tok_flops = steps * step_flops
-        pre = Stage("pretrain", stage_id("pretrain", f"{recipe}-{encoder}-d{fmt_num(data_size)}-n{steps}-s{seed}", tok),
-                    tok, flops=tok_flops, seconds=_seconds(s, tok_flops))
+        pre = _stage(s, "pretrain", f"{recipe}-{encoder}-d{fmt_num(data_size)}-n{steps}-s{seed}", tok,
+                     flops=tok_flops, images=steps * draw)
         p.add(pre)
-        probe = Stage("probe", stage_id("probe", pre.id.split("-", 1)[1].rsplit("-", 1)[0], s.probe, [pre.id, ext.id, ref.id]),
-                      s.probe, (("pretrain", pre.id), ("extractor", ext.id), ("refstats", ref.id)), seconds=5.0)
+        short = pre.id.split("-", 1)[1].rsplit("-", 1)[0]
+        pr = s.probe
+        probe = _stage(s, "probe", short, pr, (("pretrain", pre.id), ("extractor", ext.id), ("refstats", ref.id)),
+                       flops=enc_flops * (pr.n_train + 2 * pr.n_test) + (dec_flops + 2 * ext_fwd) * pr.n_test,
+                       images=pr.n_train + 2 * pr.n_test)
         p.add(probe)
-        n_lat = s.latents.n_images or 60000
-        lat_flops = enc_flops * n_lat * (2 if s.latents.flip else 1)
-        lat = Stage("latents", stage_id("latents", pre.id.split("-", 1)[1].rsplit("-", 1)[0], s.latents, [pre.id]),
-                    s.latents, (("pretrain", pre.id),), flops=lat_flops, seconds=_seconds(s, lat_flops))
+        n_enc = n_lat * (2 if s.latents.flip else 1)
+        lat = _stage(s, "latents", short, s.latents, (("pretrain", pre.id),), flops=enc_flops * n_enc, images=n_lat)
         p.add(lat)
-        dstep = costs.dit_step_flops(s.dit, shape)
-        dit_flops = dstep * s.dit.steps
-        dit = Stage("dit", stage_id("dit", f"{s.dit.size}-n{s.dit.steps}", s.dit, [lat.id]), s.dit,
-                    (("latents", lat.id),), flops=dit_flops, seconds=_seconds(s, dit_flops))
+        dit_flops = costs.dit_step_flops(s.dit, shape) * s.dit.steps
+        dit = _stage(s, "dit", f"{s.dit.size}-n{s.dit.steps}", s.dit, (("latents", lat.id),), flops=dit_flops)
         p.add(dit)
-        # sampling: one forward per Euler step (~1/3 of a training step per sample) + decoding
-        samp_flops = s.sample.n_samples * s.sample.steps * dstep / (3 * s.dit.batch_size) * (2 if s.sample.cfg_scale != 1 else 1)
-        samp = Stage("sample", stage_id("sample", f"n{s.sample.n_samples}-{s.sample.sampler}{s.sample.steps}", s.sample,
-                                        [dit.id, lat.id, pre.id]),
-                     s.sample, (("dit", dit.id), ("latents", lat.id), ("pretrain", pre.id)),
-                     flops=samp_flops, seconds=_seconds(s, samp_flops))
+        guided = 2 if s.sample.cfg_scale != 1 else 1
+        n = s.sample.n_samples
+        samp_flops = n * ((s.sample.steps - 1) * guided * costs.dit_forward_flops(s.dit, shape) + dec_flops)
+        samp = _stage(s, "sample", f"n{n}-{s.sample.sampler}{s.sample.steps}", s.sample,
+                      (("dit", dit.id), ("latents", lat.id), ("pretrain", pre.id)), flops=samp_flops)
         p.add(samp)
-        fid = Stage("fid", stage_id("fid", f"n{s.sample.n_samples}-{s.extractor.name}", s.fid, [samp.id, ext.id, ref.id]),
-                    s.fid, (("sample", samp.id), ("extractor", ext.id), ("refstats", ref.id)), seconds=2.0)
+        fid = _stage(s, "fid", f"n{n}-{s.extractor.name}", s.fid, (("sample", samp.id), ("extractor", ext.id),
+                                                                   ("refstats", ref.id)), flops=n * ext_fwd)
         p.add(fid)
         p.cells.append(Cell(
-            id=cell_name, recipe=recipe, encoder=encoder, data_size=data_size, budget_flops=float(budget),
-            seed=seed, steps=steps, encoder_params=enc_params, tokenizer_flops=tok_flops,
-            dit_flops=dit_flops,
+            id=cell_name, recipe=recipe, encoder=encoder, data_size=data_size, budget_kind=g.budget_kind,
+            budget=float(budget), seed=seed, steps=steps, encoder_params=enc_params, tokenizer_flops=tok_flops,
+            dit_flops=dit_flops, samples_seen=steps * draw,
+            samples={k: steps * b for k, b in objective_batches(tok).items()},
             stages={"extractor": ext.id, "refstats": ref.id, "pretrain": pre.id, "probe": probe.id,
                     "latents": lat.id, "dit": dit.id, "sample": samp.id, "fid": fid.id}))
     return p
+
+
+def _pinned(s: Study) -> Study:
+    """The study with its data's checksums filled in everywhere the data is named."""
+    data = pin_data(s.data, f"{s.path}: data")
+    ev = s.eval_data
+    ev = pin_data(ev, f"{s.path}: eval_data") if ev != s.data else dataclasses.replace(ev, checksum=data.checksum)
+    if dataclasses.replace(s.eval_data, n_train=0) == dataclasses.replace(s.data, n_train=0):
+        ev = dataclasses.replace(ev, checksum=data.checksum)
+    return dataclasses.replace(
+        s, data=data, eval_data=ev, tokenizer=dataclasses.replace(s.tokenizer, data=data),
+        refstats=dataclasses.replace(s.refstats, data=ev), latents=dataclasses.replace(s.latents, data=ev),
+        probe=dataclasses.replace(s.probe, data=ev))
+
+
+GRID_AXES = Grid.AXES

@@ -2,8 +2,9 @@
 
 Why so strict: a typo in a sweep spec silently falls back to a default and costs GPU-days. Every
 refusal is one line naming the file, the field path, the bad value and what is allowed (the CLI
-turns it into exit code 2). The per-stage config classes live with their stages (vtp_core,
-dit_eval); this module only maps YAML sections onto them and validates.
+turns it into exit code 2). The rules live on the config classes themselves (`vtp_core.cfg`); this
+module maps the YAML sections onto them, fills the study-wide data into the stage configs, and adds
+the checks that need files (weights, reference batches). The planner adds the per-cell checks.
 
 A study file:
 
@@ -13,215 +14,274 @@ A study file:
       recipe: [ae, clip_ssl_ae]
       encoder: [tiny]
       data_size: [0]                 # tokenizer training images; 0 = the whole set
-      budget_flops: [2.0e12, 4.0e12] # tokenizer pre-training FLOPs per cell
+      budget_flops: [2.0e12, 4.0e12] # tokenizer FLOPs per cell, or budget_samples: samples seen per cell
       seed: [0, 1]
     tokenizer: {batch_size: 64, ...} # vtp_core.config.TokenizerConfig fields, fixed for the study
     data:      {dataset: fashion_mnist, image_size: 32}   # tokenizer pre-training data
     eval_data: {...}                 # DiT training set, probes, reference stats (default: data)
     probe / extractor / refstats / latents / dit / sample / fid: their config fields
-    estimate:  {throughput_flops: 5.0e9}   # FLOP/s assumed by the dry-run time column
-    resources: {default: {...}, pretrain: {...}}   # per-stage scheduler resources (cluster/)
+    estimate:  {device: h100, flops_per_s: {h100: 4.0e14}}   # what the dry-run's times assume
+    resources: {default: {...}, pretrain: {...}}             # per-stage scheduler resources
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dit_eval.config import DiTSpec, ExtractorConfig, FIDConfig, LatentsConfig, RefStatsConfig, SampleConfig
+from dit_eval.config import EXTRACTOR_DIMS, DiTSpec, ExtractorConfig, FIDConfig, LatentsConfig, RefStatsConfig, SampleConfig
 from sweeps.errors import SpecError
-from vtp_core.config import RECIPES, ZERO_SHOT_RESIZES, DataConfig, ProbeConfig, TokenizerConfig
+from vtp_core.cfg import load, problems, spec
+from vtp_core.config import RECIPES, DataConfig, ProbeConfig, TokenizerConfig
 
-GRID_AXES = ("recipe", "encoder", "data_size", "budget_flops", "seed")
+BUDGET_KINDS = ("flops", "samples")
+STAGE_KINDS = ("extractor", "refstats", "pretrain", "probe", "latents", "dit", "sample", "fid")
+TRAINER_STAGES = ("pretrain", "dit")  # every task of a multi-GPU job trains; other stages run on rank 0
+SET_BY_GRID_OR_PLANNER = ("recipe", "encoder", "seed", "steps", "data")
+
+# Achieved FLOP/s per device assumed when a study does not say: 40 % of the dense bf16 peak (the MFU a
+# tuned ViT/DiT step reaches), and the 2-core CPU this project is tested on.
+DEFAULT_FLOPS_PER_S = {"h100": 4.0e14, "h200": 4.0e14, "a100": 1.25e14, "l40s": 1.45e14, "cpu": 3.0e10}
+
+
+def _encoders():
+    from vtp_core import registry
+
+    return registry.list_sizes("encoder")
 
 
 @dataclass(frozen=True)
 class Grid:
-    recipe: tuple[str, ...] = ("clip_ssl_ae",)
-    encoder: tuple[str, ...] = ("tiny",)
-    data_size: tuple[int, ...] = (0,)
-    budget_flops: tuple[float, ...] = (1.0e12,)
-    seed: tuple[int, ...] = (0,)
+    """The study's axes; cells are their product. Exactly one of budget_flops / budget_samples."""
+
+    recipe: tuple[str, ...] = spec(("ae", "clip_ssl_ae"), choices=RECIPES, source="paper §4.3", doc="recipes")
+    encoder: tuple[str, ...] = spec(("L",), choices=_encoders, source="paper §4.1", doc="encoder sizes")
+    data_size: tuple[int, ...] = spec((0,), ge=0, source="paper §4.5", doc="pre-training images; 0 = all")
+    budget_flops: tuple[float, ...] = spec((), gt=0, source="paper §4.3 (tokenizer FLOPs)",
+                                           doc="tokenizer FLOPs per cell; steps = floor(budget / FLOPs per step)")
+    budget_samples: tuple[float, ...] = spec((), gt=0, source="paper §4.5 (1.1B samples seen)",
+                                             doc="samples seen per cell; steps = floor(budget / images per step)")
+    seed: tuple[int, ...] = spec((0,), source="ours", doc="seeds")
+
+    AXES = ("recipe", "encoder", "data_size", "budget", "seed")
+
+    @property
+    def budget_kind(self) -> str:
+        return "samples" if self.budget_samples else "flops"
+
+    @property
+    def budget(self) -> tuple[float, ...]:
+        return self.budget_samples or self.budget_flops
+
+    def problems(self):
+        if self.budget_flops and self.budget_samples:
+            yield "budget_samples", "give budget_flops or budget_samples, not both"
+        elif not (self.budget_flops or self.budget_samples):
+            yield "budget_flops", ("no budget: give budget_flops (tokenizer FLOPs per cell) or budget_samples "
+                                   "(samples seen per cell)")
+        for axis in ("recipe", "encoder", "data_size", "seed"):
+            vals = getattr(self, axis)
+            if not vals:
+                yield axis, "empty list (give at least one value)"
+        for axis in ("recipe", "encoder", "data_size", "budget_flops", "budget_samples", "seed"):
+            vals = getattr(self, axis)
+            if len(set(vals)) != len(vals):
+                yield axis, f"duplicate values in {list(vals)}"
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """Assumptions behind the dry-run time column (FLOP/s actually achieved per device)."""
+    """What the dry run's times assume: the device kind the stages run on, the FLOP/s one such device
+    achieves on the training and inference steps, and the images per second its data loader decodes."""
 
-    throughput_flops: float = 5.0e9
+    device: str = spec("h100", source="yours", doc="device kind (a key of flops_per_s)")
+    flops_per_s: dict[str, float] = spec(default_factory=lambda: dict(DEFAULT_FLOPS_PER_S), gt=0, source="ours",
+                                         doc="achieved FLOP/s per device, by device kind")
+    decode_images_per_s: float = spec(2000.0, gt=0, source="ours", doc="images one device's loader decodes per second")
+
+    @property
+    def throughput(self) -> float:
+        return self.flops_per_s[self.device]
+
+    def problems(self):
+        if self.device not in self.flops_per_s:
+            yield "device", (f"{self.device!r} has no throughput in estimate.flops_per_s "
+                             f"(kinds: {', '.join(self.flops_per_s)})")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Scheduler resources of one stage kind (EXECUTOR=slurm / ray); unset fields inherit `default`."""
+
+    partition: str | None = spec(None, doc="SLURM partition")
+    gpus_per_node: int | None = spec(None, ge=0, doc="GPUs per node")
+    cpus_per_task: int | None = spec(None, ge=1, doc="CPUs per task")
+    mem_gb: float | None = spec(None, gt=0, doc="memory per node (GB)")
+    timeout_min: int | None = spec(None, ge=1, doc="time limit (minutes)")
+    nodes: int | None = spec(None, ge=1, doc="nodes")
+    tasks_per_node: int | None = spec(None, ge=1, doc="tasks per node (one per GPU for the trainers)")
+    array_parallelism: int | None = spec(None, ge=1, doc="concurrent array tasks")
+    additional_parameters: dict[str, Any] = spec(default_factory=dict, doc="extra sbatch parameters")
+
+    def set_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None and f.name != "additional_parameters"}
+
+
+RESOURCE_KEYS = ("default", *STAGE_KINDS)
+DEFAULT_RESOURCES = Resources(cpus_per_task=1, timeout_min=60, nodes=1, tasks_per_node=1, array_parallelism=256)
+
+
+def resources_for(resources: dict[str, Resources], kind: str) -> dict[str, Any]:
+    """DEFAULT_RESOURCES <- resources['default'] <- resources[kind] (set fields only); additional_parameters merged."""
+    layers = [DEFAULT_RESOURCES, resources.get("default", Resources()), resources.get(kind, Resources())]
+    out: dict[str, Any] = {}
+    for r in layers:
+        out.update(r.set_fields())
+    out["additional_parameters"] = {k: v for r in layers for k, v in r.additional_parameters.items()}
+    return out
+
+
+def devices_for(resources: dict[str, Resources], kind: str) -> tuple[int, int]:
+    """(devices allocated to a stage's job, devices that work on it). Trainers run one task per GPU, so all
+    of their tasks work; every other stage runs on rank 0 of its job. Without GPUs (gpus_per_node unset or
+    0) a task is one device: the CPU demo counts device-hours the same way."""
+    r = resources_for(resources, kind)
+    nodes, tasks, gpus = r.get("nodes", 1), r.get("tasks_per_node", 1), r.get("gpus_per_node") or 0
+    allocated = nodes * (gpus if gpus else tasks)
+    working = nodes * tasks if kind in TRAINER_STAGES else 1
+    return max(1, allocated), max(1, min(working, max(1, allocated)))
 
 
 @dataclass(frozen=True)
 class Study:
-    name: str
-    path: str
-    description: str = ""
-    grid: Grid = Grid()
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    data: DataConfig = DataConfig()
-    eval_data: DataConfig = DataConfig()
-    probe: ProbeConfig = ProbeConfig()
-    extractor: ExtractorConfig = ExtractorConfig()
-    refstats: RefStatsConfig = RefStatsConfig()
-    latents: LatentsConfig = LatentsConfig()
-    dit: DiTSpec = DiTSpec()
-    sample: SampleConfig = SampleConfig()
-    fid: FIDConfig = FIDConfig()
-    estimate: Estimate = Estimate()
-    resources: dict = field(default_factory=dict)
+    name: str = spec("", doc="study name (default: the file stem)")
+    description: str = spec("", doc="one line")
+    grid: Grid = spec(Grid())
+    tokenizer: TokenizerConfig = spec(TokenizerConfig(), forbid=SET_BY_GRID_OR_PLANNER)
+    data: DataConfig = spec(DataConfig())
+    eval_data: DataConfig | None = spec(None, doc="evaluation data (default: data)")
+    probe: ProbeConfig = spec(ProbeConfig(), forbid=("data",))
+    extractor: ExtractorConfig = spec(ExtractorConfig())
+    refstats: RefStatsConfig = spec(RefStatsConfig(), forbid=("data",))
+    latents: LatentsConfig = spec(LatentsConfig(), forbid=("data",))
+    dit: DiTSpec = spec(DiTSpec())
+    sample: SampleConfig = spec(SampleConfig())
+    fid: FIDConfig = spec(FIDConfig())
+    estimate: Estimate = spec(Estimate())
+    resources: dict[str, Resources] = spec(default_factory=dict, choices=RESOURCE_KEYS)
+    path: str = spec("", doc="the study file (set by load_study)")
 
     @property
     def n_cells(self) -> int:
-        return math.prod(len(getattr(self.grid, a)) for a in GRID_AXES)
+        return math.prod(len(getattr(self.grid, a)) for a in Grid.AXES)
+
+    def problems(self):
+        """Rules across sections (each section's own rules run first, in `vtp_core.cfg.check`)."""
+        if not self.name.replace("-", "").replace("_", "").isalnum():
+            yield "name", f"{self.name!r} must be letters, digits, '-' or '_'"
+        for sec in ("data", "eval_data"):
+            d = getattr(self, sec)
+            if d.image_size % self.tokenizer.patch:
+                yield f"{sec}.image_size", f"{d.image_size} is not a multiple of tokenizer.patch={self.tokenizer.patch}"
+        e = self.eval_data
+        if e.dataset == "tar" and "{" in e.path:
+            yield "eval_data.path", (f"a shard pattern ({e.path}) has no test split for the probes; give a folder "
+                                     f"with train/ and val/ (e.g. ImageNet as imagefolder)")
+        n, dim = self.sample.n_samples, EXTRACTOR_DIMS[self.extractor.name]
+        if n < dim and not self.fid.allow_low_n:
+            yield "sample.n_samples", (f"{n} samples are fewer than the {dim} features of extractor "
+                                       f"{self.extractor.name}: the FID covariance is rank-deficient; sample more "
+                                       f"or set fid.allow_low_n: true (the FID is then labelled low-N)")
+        if self.refstats.npz and self.extractor.name != "inception":
+            yield "refstats.npz", (f"an ADM reference batch holds Inception pool3 statistics; extractor.name is "
+                                   f"{self.extractor.name!r} (allowed with npz: inception)")
+        if self.extractor.name == "fmnist_cnn" and self.eval_data.dataset != "fashion_mnist":
+            yield "extractor.name", ("fmnist_cnn is trained on Fashion-MNIST; for other data use inception "
+                                     "(or random_cnn in a rehearsal)")
+        yield from self._file_problems()
+
+    def _file_problems(self):
+        """Files a study names must exist and match their checksums (hashed once per process)."""
+        t = self.tokenizer
+        if t.rec_loss == "l1_lpips" and t.lpips_weights:
+            p = Path(t.lpips_weights)
+            if not p.is_file():
+                yield "tokenizer.lpips_weights", f"{t.lpips_weights}: no such file"
+            elif _sha256(str(p)) != t.lpips_sha256:
+                yield "tokenizer.lpips_sha256", f"{t.lpips_weights} has sha256 {_sha256(str(p))}, not {t.lpips_sha256!r}"
+        r = self.refstats
+        if r.npz and len(r.sha256) == 64:
+            p = Path(r.npz)
+            if not p.is_file():
+                yield "refstats.npz", f"{r.npz}: no such file"
+            elif _sha256(str(p)) != r.sha256:
+                yield "refstats.sha256", f"{r.npz} has sha256 {_sha256(str(p))}, not {r.sha256!r}"
+        if self.extractor.path and not Path(self.extractor.path).is_file():
+            yield "extractor.path", f"{self.extractor.path}: no such file"
 
 
-# Sections of the YAML and the dataclass each maps to. Grid/tokenizer fields set per cell are
-# not allowed in `tokenizer:` (they come from the grid).
-SECTIONS: dict[str, type] = {
-    "grid": Grid, "tokenizer": TokenizerConfig, "data": DataConfig, "eval_data": DataConfig, "probe": ProbeConfig,
-    "extractor": ExtractorConfig, "refstats": RefStatsConfig, "latents": LatentsConfig,
-    "dit": DiTSpec, "sample": SampleConfig, "fid": FIDConfig, "estimate": Estimate,
-}
-TOP_LEVEL = ("name", "description", "resources", *SECTIONS)
-SET_BY_GRID_OR_PLANNER = {"recipe", "encoder", "seed", "steps", "data"}
-NESTED_DATA_SECTIONS = {"refstats", "latents", "probe"}  # their `data` comes from the study's `eval_data:`
+_SHA_CACHE: dict[tuple, str] = {}
 
 
-def _fmt(v: Any) -> str:
-    return repr(v) if isinstance(v, str) else str(v)
+def _sha256(path: str) -> str:
+    st = Path(path).stat()
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    """Check one scalar against its annotated type; numeric strings like '2e12' are floats."""
-    origin = typing.get_origin(typ)
-    if origin is tuple:
-        args = typing.get_args(typ)
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(f"{where}: expected a list, got {_fmt(value)}")
-        inner = args[0]
-        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        raise SpecError(f"{where}: expected true/false, got {_fmt(value)}")
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise SpecError(f"{where}: expected an integer, got {_fmt(value)}")
-        try:
-            f = float(value)
-        except ValueError:
-            raise SpecError(f"{where}: expected an integer, got {_fmt(value)}") from None
-        if not math.isfinite(f) or f != int(f):
-            raise SpecError(f"{where}: expected an integer, got {_fmt(value)}")
-        return int(f)
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise SpecError(f"{where}: expected a number, got {_fmt(value)}")
-        try:
-            f = float(value)
-        except ValueError:
-            raise SpecError(f"{where}: expected a number, got {_fmt(value)}") from None
-        if not math.isfinite(f):
-            raise SpecError(f"{where}: expected a finite number, got {_fmt(value)}")
-        return f
-    if typ is str:
-        if not isinstance(value, str):
-            raise SpecError(f"{where}: expected a string, got {_fmt(value)}")
-        return value
-    return value
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
 
 
-def build(cls: type, data: Any, where: str, forbid: set[str] = frozenset()) -> Any:
-    """Validate a mapping against dataclass `cls` (unknown keys and wrong types refused)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{where}: expected a mapping of {cls.__name__} fields, got {_fmt(data)}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in forbid]
-    kw = {}
-    for key, value in data.items():
-        if key in forbid:
-            raise SpecError(f"{where}.{key}: set by the grid/planner, not here (allowed: {', '.join(names)})")
-        if key not in names:
-            raise SpecError(f"{where}: unknown key {_fmt(key)} (allowed: {', '.join(names)})")
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            kw[key] = build(typ, value, f"{where}.{key}")
-        else:
-            kw[key] = _coerce(value, typ, f"{where}.{key}")
-    return cls(**kw)
+def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise SpecError(f"line {key_node.start_mark.line + 1}: a key must be a plain name, not a list or mapping")
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise SpecError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice "
+                            f"(first on line {seen[key] + 1}); keep one")
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
-def _check_choice(value: Any, allowed: typing.Iterable[Any], where: str) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise SpecError(f"{where}: unknown value {_fmt(value)} (allowed: {', '.join(map(str, allowed))})")
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def _check_positive(obj: Any, fields: typing.Iterable[str], where: str, zero_ok: tuple = ()) -> None:
-    for name in fields:
-        v = getattr(obj, name)
-        if v < 0 or (v == 0 and name not in zero_ok):
-            raise SpecError(f"{where}.{name}: must be {'>= 0' if name in zero_ok else '> 0'}, got {v}")
-
-
-def validate(study: Study, where: str) -> None:
-    """Semantic checks beyond types: names in registries, non-empty grid, sane ranges."""
-    from dit_eval import sizes as dit_sizes
-    from vtp_core import registry
-
-    g = study.grid
-    for axis in GRID_AXES:
-        if len(getattr(g, axis)) == 0:
-            raise SpecError(f"{where}: grid.{axis}: empty list (give at least one value)")
-        vals = getattr(g, axis)
-        if len(set(vals)) != len(vals):
-            raise SpecError(f"{where}: grid.{axis}: duplicate values in {list(vals)}")
-    for i, r in enumerate(g.recipe):
-        _check_choice(r, RECIPES, f"{where}: grid.recipe[{i}]")
-    enc_sizes = registry.list_sizes("encoder")
-    for i, e in enumerate(g.encoder):
-        _check_choice(e, enc_sizes, f"{where}: grid.encoder[{i}]")
-    for i, b in enumerate(g.budget_flops):
-        if b <= 0:
-            raise SpecError(f"{where}: grid.budget_flops[{i}]: must be > 0, got {b}")
-    for i, d in enumerate(g.data_size):
-        if d < 0:
-            raise SpecError(f"{where}: grid.data_size[{i}]: must be >= 0 (0 = whole set), got {d}")
-    t = study.tokenizer
-    _check_choice(t.decoder, registry.list_sizes("decoder"), f"{where}: tokenizer.decoder")
-    _check_choice(t.text, registry.list_sizes("text"), f"{where}: tokenizer.text")
-    _check_choice(t.heads_read, ("pre_bottleneck", "bottleneck"), f"{where}: tokenizer.heads_read")
-    _check_positive(t, ("patch", "latent_channels", "batch_size", "lr"), f"{where}: tokenizer")
-    for frac in ("ssl_fraction", "rec_fraction"):
-        v = getattr(t, frac)
-        if not 0 < v <= 1:
-            raise SpecError(f"{where}: tokenizer.{frac}: must be in (0, 1], got {v}")
-    for sec in ("data", "eval_data"):
-        d = getattr(study, sec)
-        _check_choice(d.dataset, ("fashion_mnist", "imagefolder", "tar"), f"{where}: {sec}.dataset")
-        if d.dataset != "fashion_mnist" and not d.path:
-            raise SpecError(f"{where}: {sec}.path: required for dataset {d.dataset!r} (a folder or shard pattern you supply)")
-        _check_choice(d.storage, ("auto", "memory", "lazy"), f"{where}: {sec}.storage")
-        if sec == "eval_data" and d.dataset == "tar" and "{" in d.path:
-            raise SpecError(f"{where}: eval_data.path: a shard pattern ({d.path}) has no test split for the "
-                            f"probes; give a folder with train/ and val/ (e.g. ImageNet as imagefolder)")
-        if d.image_size % t.patch:
-            raise SpecError(f"{where}: {sec}.image_size: {d.image_size} is not a multiple of tokenizer.patch={t.patch}")
-    _check_choice(study.probe.zero_shot_resize, ZERO_SHOT_RESIZES, f"{where}: probe.zero_shot_resize")
-    _check_choice(study.dit.size, dit_sizes.list_sizes(), f"{where}: dit.size")
-    _check_positive(study.dit, ("steps", "batch_size", "lr"), f"{where}: dit")
-    _check_choice(study.extractor.name, ("fmnist_cnn", "inception"), f"{where}: extractor.name")
-    _check_choice(study.sample.sampler, ("euler",), f"{where}: sample.sampler")
-    _check_positive(study.sample, ("n_samples", "steps"), f"{where}: sample")
-    _check_positive(study.latents, ("n_images",), f"{where}: latents", zero_ok=("n_images",))
-    _check_positive(study.estimate, ("throughput_flops",), f"{where}: estimate")
+def read_yaml(path: Path) -> Any:
+    """Parse a study file: UTF-8 text, valid YAML, no duplicate keys (one-line SpecError otherwise)."""
+    where = str(path)
+    raw_bytes = path.read_bytes()
+    try:
+        text = raw_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{where}: not UTF-8 text (byte 0x{raw_bytes[exc.start]:02x} at offset {exc.start}); "
+                        f"save the file as UTF-8") from None
+    if "\x00" in text:
+        raise SpecError(f"{where}: contains NUL bytes; a study is a UTF-8 YAML text file")
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f" line {mark.line + 1}" if mark else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise SpecError(f"{where}:{loc} not valid YAML ({problem})") from None
 
 
 def load_study(path: str | Path) -> Study:
@@ -230,45 +290,51 @@ def load_study(path: str | Path) -> Study:
     where = str(path)
     if not path.is_file():
         raise SpecError(f"{where}: no such study file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{where}:{loc} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return study_from_doc(read_yaml(path), path)
+
+
+def study_from_doc(raw: Any, path: str | Path, validate: bool = True) -> Study:
+    """A study from its parsed YAML (`path` names it in errors and gives the default name). `validate=False`
+    checks types only (the rehearsal reads a shipped study before filling in the files a user supplies)."""
+    path = Path(path)
+    where = str(path)
     if not isinstance(raw, dict):
-        raise SpecError(f"{where}: expected a mapping with keys {', '.join(TOP_LEVEL)}")
-    for key in raw:
-        if key not in TOP_LEVEL:
-            raise SpecError(f"{where}: unknown key {_fmt(key)} (allowed: {', '.join(TOP_LEVEL)})")
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise SpecError(f"{where}: name: {_fmt(name)} must be letters, digits, '-' or '_'")
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise SpecError(f"{where}: description: expected a string, got {_fmt(description)}")
-    resources = raw.get("resources") or {}
-    if not isinstance(resources, dict):
-        raise SpecError(f"{where}: resources: expected a mapping of stage -> settings, got {_fmt(resources)}")
-    raw = _resolve_lr_from(raw, path)
-    kw: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        forbid = set()
-        if section == "tokenizer":
-            forbid = SET_BY_GRID_OR_PLANNER
-        elif section in NESTED_DATA_SECTIONS:
-            forbid = {"data"}
-        kw[section] = build(cls, raw.get(section), f"{where}: {section}", forbid)
-    data = kw["data"]
-    if "eval_data" not in raw:  # the embedded default: one dataset for pre-training and evaluation
-        kw["eval_data"] = dataclasses.replace(data, n_train=0)
-    kw["tokenizer"] = dataclasses.replace(kw["tokenizer"], data=data)
-    kw["refstats"] = dataclasses.replace(kw["refstats"], data=kw["eval_data"])
-    kw["latents"] = dataclasses.replace(kw["latents"], data=kw["eval_data"])
-    kw["probe"] = dataclasses.replace(kw["probe"], data=kw["eval_data"])
-    study = Study(name=name, path=str(path), description=description, resources=resources, **kw)
-    validate(study, where)
+        names = [f.name for f in dataclasses.fields(Study) if f.name != "path"]
+        raise SpecError(f"{where}: expected a mapping with keys {', '.join(names)}")
+    raw = _resolve_lr_from(dict(raw), path)
+    raw.setdefault("name", path.stem)
+    study = load(Study, raw, where, forbid=("path",), validate=False)
+    study = dataclasses.replace(_fill_in(study, "eval_data" in raw, where), path=where)
+    if validate:
+        for name, msg in problems(study):
+            raise SpecError(f"{where}: {_user_path(name)}: {msg}")
     return study
+
+
+# the study's data sections are copied into the stage configs; an error names the section the user wrote
+_COPIES = (("tokenizer.data", "data"), ("probe.data", "eval_data"), ("refstats.data", "eval_data"),
+           ("latents.data", "eval_data"))
+
+
+def _user_path(name: str) -> str:
+    for copy, section in _COPIES:
+        if name == copy or name.startswith(copy + "."):
+            return section + name[len(copy):]
+    return name
+
+
+def _fill_in(s: Study, has_eval: bool, where: str) -> Study:
+    """One dataset for pre-training and evaluation unless `eval_data:` is given; the study's data in every
+    stage config; the tokenizer's recipe/encoder set to the grid's (its rules depend on them)."""
+    e = s.eval_data if has_eval else dataclasses.replace(s.data, n_train=0)
+    if e is None:
+        raise SpecError(f"{where}: eval_data: expected a mapping of DataConfig fields, got None")
+    g = s.grid
+    recipe = next((r for r in g.recipe if r in RECIPES and RECIPES[r][1]), g.recipe[0] if g.recipe else "ae")
+    tok = dataclasses.replace(s.tokenizer, data=s.data, recipe=recipe if recipe in RECIPES else "ae",
+                              encoder=g.encoder[0] if g.encoder else s.tokenizer.encoder)
+    return dataclasses.replace(s, eval_data=e, tokenizer=tok, refstats=dataclasses.replace(s.refstats, data=e),
+                               latents=dataclasses.replace(s.latents, data=e), probe=dataclasses.replace(s.probe, data=e))
 
 
 def _resolve_lr_from(raw: dict, path: Path) -> dict:
@@ -286,8 +352,14 @@ def _resolve_lr_from(raw: dict, path: Path) -> dict:
         raise SpecError(f"{where}: no such file {tok['lr_from']!r} (write it with `make tune SIZE=...`)")
     try:
         lr = yaml.safe_load(src.read_text())["lr"]
-    except (yaml.YAMLError, TypeError, KeyError):
+    except (yaml.YAMLError, TypeError, KeyError, UnicodeDecodeError):
         raise SpecError(f"{where}: {src} has no top-level 'lr' (expected the file written by `make tune`)") from None
+    try:
+        ok = float(lr) > 0 and math.isfinite(float(lr)) and not isinstance(lr, bool)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SpecError(f"{where}: {src} has lr {lr!r}; expected a positive number")
     tok = {k: v for k, v in tok.items() if k != "lr_from"}
     tok["lr"] = lr
     return {**raw, "tokenizer": tok}

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vtp_core.config import TokenizerConfig
+from vtp_core.config import RECIPES, TokenizerConfig
 from vtp_core.distributed import shard
 from vtp_core.data import TEMPLATES, caption, class_names, load_train_captions, normalize
 from vtp_core.data.views import block_masks, multi_crop
@@ -45,6 +45,20 @@ def sample_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
 def sub_batch_sizes(cfg: TokenizerConfig) -> tuple[int, int]:
     """(B_ssl, B_rec): at least 1 each (2 for SSL, KoLeo needs a neighbour)."""
     return max(2, round(cfg.batch_size * cfg.ssl_fraction)), max(1, round(cfg.batch_size * cfg.rec_fraction))
+
+
+def objective_batches(cfg: TokenizerConfig) -> dict[str, int]:
+    """Images per step of each objective the recipe trains: {'clip': B, 'ssl': B_ssl, 'rec': B_rec}, 0 when off."""
+    lam_clip, lam_ssl = RECIPES[cfg.recipe]
+    b_ssl, b_rec = sub_batch_sizes(cfg)
+    return {"clip": cfg.batch_size if lam_clip else 0, "ssl": b_ssl if lam_ssl else 0, "rec": b_rec}
+
+
+def images_per_step(cfg: TokenizerConfig) -> int:
+    """Distinct images one step draws from the data and trains on: the whole batch B when CLIP is on, else the
+    SSL subset B_ssl (the rec subset is drawn inside it), else B_rec. `samples seen` = steps × this, so a
+    reconstruction-only AE counts only what it trains on, and the data walks at the pace it is used."""
+    return max(objective_batches(cfg).values())
 
 
 class CaptionTable:
@@ -79,12 +93,13 @@ def make_batch(cfg: TokenizerConfig, images: np.ndarray, labels: np.ndarray, ste
                captions: CaptionTable | CaptionList | None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All sub-batches of one step on `device` (images float NCHW in [-1, 1]); this rank's slice under DDP."""
     g = _gen(cfg.seed, 2, step)
-    idx = sample_indices(len(images), cfg.batch_size, cfg.seed, step)
+    draw = images_per_step(cfg)
+    idx = sample_indices(len(images), draw, cfg.seed, step)
     x = normalize(images[idx])
     b_ssl, b_rec = sub_batch_sizes(cfg)
     batch: dict[str, torch.Tensor] = {}
-    rec_sel = torch.randperm(cfg.batch_size, generator=g)[:b_rec]
-    ssl_sel = torch.randperm(cfg.batch_size, generator=g)[:b_ssl]
+    rec_sel = torch.randperm(draw, generator=g)[:b_rec]
+    ssl_sel = torch.randperm(draw, generator=g)[:b_ssl]
     if "rec" in active:
         batch["rec_images"] = shard(x[rec_sel])
     if "clip" in active:

@@ -1,15 +1,17 @@
-"""Frozen configs of the tokenizer stages (`pretrain`, `probe`).
+"""Frozen configs of the tokenizer stages (`pretrain`, `probe`) and of the data they read.
 
 Why frozen dataclasses: the planner hashes their versioned fields into stage ids, so a config must
-not change after it is made; defaults are the embedded demo (Fashion-MNIST 32x32, tiny sizes, CPU).
-Where the VTP paper leaves a detail UNKNOWN (METHOD.md), the DINOv2/OpenCLIP default is used and
-is a field here, so a study can change it.
+not change after it is made. Every default is the VTP method's value (docs/method.md lists each
+field with its source): the paper or the released code where they say it, and the named prior
+(DINOv2 for SSL, OpenCLIP for the contrastive side and the optimiser) where they are silent. The
+embedded demo and the tests override what they need to stay small (sweeps/demo.yaml).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from vtp_core.cfg import unversioned
+from vtp_core.cfg import spec, unversioned
 
 # recipe name -> (lambda_clip, lambda_ssl); lambda_rec is always on (0.1 by default).
 RECIPES: dict[str, tuple[float, float]] = {
@@ -18,6 +20,20 @@ RECIPES: dict[str, tuple[float, float]] = {
     "ssl_ae": (0.0, 1.0),
     "clip_ssl_ae": (1.0, 1.0),
 }
+DATASETS = ("fashion_mnist", "imagefolder", "tar")
+STORAGES = ("auto", "memory", "lazy")
+HEADS_READ = ("pre_bottleneck", "bottleneck")
+REC_LOSSES = ("l1_lpips", "l1")
+QKV_BIAS = ("qkv", "qv", "none")
+ZERO_SHOT_RESIZES = ("squash", "center_crop")
+
+
+def _sizes(kind: str):
+    def names() -> list[str]:
+        from vtp_core import registry  # torch: imported only when a size is checked
+
+        return registry.list_sizes(kind)
+    return names
 
 
 @dataclass(frozen=True)
@@ -25,95 +41,183 @@ class DataConfig:
     """Where images (and captions) come from. `n_train=0` means the whole set.
 
     Subsets are nested and deterministic: the first n of one fixed permutation (subset_seed).
+    `checksum` identifies the data: the sha256 of its manifest (`python -m vtp_core.data.index`
+    prints it). The planner fills it in from the data when a study does not pin it, so a stage id
+    changes whenever the data does; a pinned value must match the data.
     """
 
-    dataset: str = "fashion_mnist"  # fashion_mnist | imagefolder | tar
-    image_size: int = 32
-    n_train: int = 0
-    subset_seed: int = 0
-    path: str = unversioned("")  # fashion_mnist: default /usr/share/datasets/fashion-mnist
-    checksum: str = ""  # optional sha256 of a manifest for user-supplied data (versioned: identifies the data)
-    max_bad_fraction: float = unversioned(0.01)
-    # user data: "memory" decodes the split once into RAM, "lazy" reads images from their files on access
+    dataset: str = spec("tar", choices=DATASETS, source="paper §4.1 (DataComp-1B, 277M filtered)",
+                        doc="fashion_mnist (Debian package), imagefolder (class folders) or tar (webdataset shards)")
+    image_size: int = spec(256, gt=0, source="released code: HF config (image_size 256)", doc="side of the square training images")
+    n_train: int = spec(0, ge=0, source="grid axis data_size", doc="nested training subset; 0 = all")
+    subset_seed: int = spec(0, source="ours", doc="seed of the nested-subset permutation")
+    path: str = unversioned("", source="yours", doc="data folder or shard pattern (identity: checksum)")
+    checksum: str = spec("", source="ours", doc="manifest sha256 of the data (filled by the planner)")
+    max_bad_fraction: float = unversioned(0.01, ge=0, le=1, source="ours",
+                                          doc="unreadable share of images that stops a stage")
+    # "memory" decodes a split once into RAM, "lazy" reads images from their files on access
     # (DataComp/LAION scale); "auto" picks lazy when the decoded split would exceed VTP_DECODED_MAX_GB (8)
-    storage: str = unversioned("auto")
+    storage: str = unversioned("auto", choices=STORAGES, source="ours", doc="memory | lazy | auto (same pixels)")
+
+    def problems(self):
+        if self.dataset != "fashion_mnist" and not self.path:
+            yield "path", f"required for dataset {self.dataset!r} (a folder or shard pattern you supply)"
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
     """One tokenizer pre-training run (stage 1, optionally stage 2)."""
 
-    recipe: str = "clip_ssl_ae"
-    encoder: str = "tiny"  # registry name (vtp_core.registry)
-    decoder: str = "tiny"
-    text: str = "tiny"
-    patch: int = 4
-    latent_channels: int = 8
-    heads_read: str = "pre_bottleneck"  # pre_bottleneck (as released) | bottleneck
-    batch_size: int = 64  # B_clip (whole batch)
-    ssl_fraction: float = 0.25  # B_ssl = batch_size * ssl_fraction
-    rec_fraction: float = 0.125  # B_rec = batch_size * rec_fraction
-    n_local_crops: int = 2
-    lambda_rec: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 10
-    steps: int = 100  # derived from the FLOPs budget by the planner
-    seed: int = 0
-    data: DataConfig = DataConfig()
-    stage2_steps: int = 0  # GAN decoder fine-tuning steps (0 = off)
-    # --- added by vtp_core (defaults: DINOv2/OpenCLIP where METHOD.md says UNKNOWN, tiny-sized for CPU) ---
-    text_context: int = 0  # text context length; 0 = the text size's default (tiny 16, base 77)
-    rope_base: float = 100.0
-    betas: tuple[float, float] = (0.9, 0.98)  # OpenCLIP prior
-    grad_clip: float = 3.0  # global grad-norm clip (DINOv2); 0 = off
-    logit_scale_max: float = 4.605170185988092  # ln(100), OpenCLIP clamp
-    global_crop: int = 24  # SSL global crop side (DINOv2: 224 of 256)
-    local_crop: int = 16  # SSL local crop side (DINOv2: 96)
-    global_crop_scale: tuple[float, float] = (0.32, 1.0)
-    local_crop_scale: tuple[float, float] = (0.05, 0.32)
-    dino_prototypes: int = 256  # K (DINOv2: 65536)
-    dino_hidden: int = 256  # head MLP hidden (DINOv2: 2048)
-    dino_bottleneck: int = 64  # head bottleneck (DINOv2: 256)
-    mask_probability: float = 0.5  # iBOT: fraction of global crops that get a mask
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
-    teacher_temp: float = 0.04  # warmed up linearly to teacher_temp_final
-    teacher_temp_final: float = 0.07
-    teacher_temp_warmup: float = 0.3  # fraction of `steps` (DINOv2: 30 of 100 epochs)
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    koleo_weight: float = 0.1
-    ema_momentum: float = 0.992  # teacher EMA, cosine schedule to ema_momentum_final
-    ema_momentum_final: float = 1.0
-    lambda_lpips: float = 1.0  # LPIPS weight inside L_rec (on only with lpips_sha256 + lpips_weights)
-    lpips_sha256: str = ""  # sha256 of the VGG16 LPIPS weights (versioned: identifies the loss)
-    lpips_weights: str = unversioned("")  # path to those weights (a path: not versioned)
-    compile: bool = unversioned(False)  # torch.compile the towers (`pretrain.compile_towers`); CUDA only
-    # stage 2 (GAN decoder fine-tuning, encoder frozen; METHOD.md §2.2 UNKNOWN -> VA-VAE/LDM priors)
-    stage2_lr: float = 1e-4  # decoder and discriminator AdamW lr (constant)
-    disc_start: int = 0  # stage-2 step at which the GAN term switches on (VA-VAE: 5001)
-    disc_weight: float = 0.5  # scales the adaptive GAN weight (LDM LPIPSWithDiscriminator)
-    disc_layers: int = 3  # PatchGAN depth
-    disc_channels: int = 64  # PatchGAN base width
-    ckpt_every: int = unversioned(50)
-    log_every: int = unversioned(10)
-    num_workers: int = unversioned(0)
+    # ---- what is trained
+    recipe: str = spec("clip_ssl_ae", choices=RECIPES, source="paper §4.3 (VTP = CLIP+SSL+AE)",
+                       doc="ae | clip_ae | ssl_ae | clip_ssl_ae")
+    encoder: str = spec("L", choices=_sizes("encoder"), source="paper §4.1 (ViT-L in the scaling runs)",
+                        doc="encoder size (vtp_core/registry.py)")
+    decoder: str = spec("L4", choices=_sizes("decoder"), source="paper §4.1, §4.3 (4 ViT-L layers)",
+                        doc="pixel decoder size")
+    text: str = spec("base", choices=_sizes("text"), source="paper §4.1 (12 layers, width 768)",
+                     doc="text tower size")
+    patch: int = spec(16, gt=0, source="released code: HF config (patch 16)", doc="patch side in pixels")
+    latent_channels: int = spec(64, gt=0, source="released code: HF config (feature_bottleneck 64)", doc="latent channels (f16d64)")
+    heads_read: str = spec("pre_bottleneck", choices=HEADS_READ, source="released code: HF config (bottleneck_ae_only: true)",
+                           doc="CLIP/DINO heads read pre-bottleneck D-dim tokens, or the latent")
+    qk_norm: bool = spec(True, source="paper §4.1 (QKNorm; the released L config has it off)",
+                         doc="RMSNorm over the head dim on q and k")
+    qkv_bias: str = spec("qkv", choices=QKV_BIAS, source="released code (qkv_bias=True)",
+                         doc="qkv: biases on q, k, v; qv: k bias masked (EVA); none")
+    rope_base: float = spec(100.0, gt=0, source="released code (RoPE base 100)", doc="axial 2D RoPE base")
+    text_context: int = spec(0, ge=0, source="released code: HF config (text context 77)", doc="0 = the text size's context")
+    # ---- batches (paper: B_clip 16k, B_ssl 4k, B_rec 2k; SSL and rec are random subsets of the CLIP batch)
+    batch_size: int = spec(16384, gt=0, source="paper §3.6, §4.1 (16k)", doc="B_clip, the whole batch")
+    ssl_fraction: float = spec(0.25, gt=0, le=1, source="paper §3.6 (4k of 16k)", doc="B_ssl / batch_size")
+    rec_fraction: float = spec(0.125, gt=0, le=1, source="paper §3.6 (2k of 16k)", doc="B_rec / batch_size")
+    # ---- losses
+    lambda_rec: float = spec(0.1, ge=0, source="paper §4.1", doc="weight of L_rec")
+    rec_loss: str = spec("l1_lpips", choices=REC_LOSSES, source="paper eq. 1 (L1 + LPIPS, 1:1)",
+                         doc="l1_lpips needs lpips_weights; l1 must be said explicitly")
+    lambda_lpips: float = spec(1.0, ge=0, source="paper eq. 1", doc="LPIPS weight inside L_rec")
+    lpips_sha256: str = spec("", source="yours", doc="sha256 of the VGG16 LPIPS file (identifies the loss)")
+    lpips_weights: str = unversioned("", source="yours", doc="path of that file")
+    logit_scale_max: float = spec(math.log(100.0), source="prior: OpenCLIP clamp ln 100", doc="CLIP logit-scale clamp")
+    # ---- SSL (paper: "closely follow DINOv2"; every value below is DINOv2's default config)
+    n_local_crops: int = spec(8, ge=0, source="prior: DINOv2 (8 local crops)", doc="SSL local crops per image")
+    global_crop: int = spec(224, gt=0, source="prior: DINOv2 (224)", doc="SSL global crop side")
+    local_crop: int = spec(96, gt=0, source="prior: DINOv2 (96)", doc="SSL local crop side")
+    global_crop_scale: tuple[float, float] = spec((0.32, 1.0), gt=0, le=1, source="prior: DINOv2",
+                                                  doc="area fraction of global crops")
+    local_crop_scale: tuple[float, float] = spec((0.05, 0.32), gt=0, le=1, source="prior: DINOv2",
+                                                 doc="area fraction of local crops")
+    dino_prototypes: int = spec(65536, gt=0, source="prior: DINOv2 (K = 65536)", doc="DINO/iBOT prototypes")
+    dino_hidden: int = spec(2048, gt=0, source="prior: DINOv2", doc="DINO head MLP width")
+    dino_bottleneck: int = spec(256, gt=0, source="prior: DINOv2", doc="DINO head bottleneck")
+    mask_probability: float = spec(0.5, ge=0, le=1, source="prior: DINOv2", doc="share of global crops with an iBOT mask")
+    mask_ratio: tuple[float, float] = spec((0.1, 0.5), ge=0, le=1, source="prior: DINOv2",
+                                           doc="iBOT mask ratio range (block masking)")
+    teacher_temp: float = spec(0.04, gt=0, source="prior: DINOv2", doc="teacher temperature at the start")
+    teacher_temp_final: float = spec(0.07, gt=0, source="prior: DINOv2", doc="after the warm-up")
+    teacher_temp_warmup: float = spec(0.3, ge=0, le=1, source="prior: DINOv2 (30 of 100 epochs)",
+                                      doc="fraction of the steps")
+    student_temp: float = spec(0.1, gt=0, source="prior: DINOv2", doc="student temperature")
+    center_momentum: float = spec(0.9, ge=0, le=1, source="prior: DINOv2", doc="softmax-centering momentum")
+    koleo_weight: float = spec(0.1, ge=0, source="prior: DINOv2", doc="KoLeo weight inside L_ssl")
+    ema_momentum: float = spec(0.992, ge=0, le=1, source="prior: DINOv2", doc="teacher EMA momentum at the start")
+    ema_momentum_final: float = spec(1.0, ge=0, le=1, source="prior: DINOv2", doc="cosine to this at the end")
+    # ---- stochastic depth (DINOv2 sample drop: per residual branch, a random subset of the batch skips it)
+    clip_drop_rate: float = spec(0.1, ge=0, lt=1, source="prior: low end of 0.1-0.3 for CLIP at L (the released code has the field, not its value)",
+                                 doc="drop rate of the encoder on the CLIP batch")
+    ssl_drop_rate: float = spec(0.3, ge=0, lt=1, source="prior: DINOv2 drop_path_rate 0.3",
+                                doc="drop rate of the SSL student (the teacher never drops)")
+    rec_drop_rate: float = spec(0.0, ge=0, lt=1, source="prior: no drop for reconstruction", doc="drop rate on the rec batch")
+    # ---- optimiser and schedule (not published; OpenCLIP large-batch priors, DINOv2 clip)
+    lr: float = spec(5e-4, gt=0, source="prior: OpenCLIP (5e-4 .. 1e-3)", doc="peak learning rate")
+    weight_decay: float = spec(0.2, ge=0, source="prior: OpenCLIP", doc="AdamW weight decay")
+    betas: tuple[float, float] = spec((0.9, 0.98), ge=0, lt=1, source="prior: OpenCLIP", doc="AdamW betas")
+    adam_eps: float = spec(1e-6, gt=0, source="prior: OpenCLIP", doc="AdamW eps")
+    grad_clip: float = spec(3.0, ge=0, source="prior: DINOv2 clip_grad 3.0", doc="global grad-norm clip; 0 = off")
+    warmup_steps: int = spec(2000, ge=0, source="prior: OpenCLIP (2k-10k)", doc="linear warm-up, at most this many steps")
+    warmup_fraction: float = spec(0.1, ge=0, lt=1, source="prior: DINOv2 (10 of 100 epochs)",
+                                  doc="... and at most this fraction of a cell's steps; then cosine to 0")
+    steps: int = spec(1, gt=0, source="planner: budget / FLOPs (or samples) per step", doc="training steps")
+    seed: int = spec(0, source="grid axis seed", doc="seed of the run")
+    data: DataConfig = spec(DataConfig(), source="study data:", doc="pre-training data")
+    # ---- stage 2 (GAN decoder fine-tuning, encoder frozen; not published: VA-VAE/LDM priors)
+    stage2_steps: int = spec(0, ge=0, source="ours: scaling curves without stage 2 (the paper's GAN stage is unspecified)",
+                             doc="GAN decoder fine-tuning steps; 0 = off")
+    stage2_lr: float = spec(1e-4, gt=0, source="prior: VA-VAE / LDM", doc="decoder and discriminator lr")
+    disc_start: int = spec(0, ge=0, source="prior: VA-VAE starts at 5001", doc="stage-2 step the GAN term starts")
+    disc_weight: float = spec(0.5, ge=0, source="prior: LDM LPIPSWithDiscriminator", doc="adaptive GAN weight scale")
+    disc_layers: int = spec(3, gt=0, source="prior: PatchGAN", doc="discriminator depth")
+    disc_channels: int = spec(64, gt=0, source="prior: PatchGAN", doc="discriminator base width")
+    # ---- how it runs (numbers do not depend on these; compile rounds differently, so it is versioned)
+    compile: bool = spec(False, source="ours", doc="torch.compile the towers (CUDA only)")
+    ckpt_every: int = unversioned(500, gt=0, source="ours", doc="checkpoint cadence in steps")
+    log_every: int = unversioned(50, gt=0, source="ours", doc="log cadence in steps")
+    num_workers: int = unversioned(0, ge=0, source="ours", doc="data-loader workers")
+
+    @property
+    def lpips_on(self) -> bool:
+        return self.rec_loss == "l1_lpips"
+
+    def problems(self):
+        """Cross-field rules: a degenerate SSL setup or reconstruction loss is refused, not trained."""
+        if self.data.image_size % self.patch:
+            yield "data.image_size", f"{self.data.image_size} is not a multiple of tokenizer.patch={self.patch}"
+        for name in ("global_crop_scale", "local_crop_scale", "mask_ratio"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                yield name, f"[{lo}, {hi}] is not a range (first value > second)"
+        yield from ssl_problems(self)
+        if self.rec_loss == "l1_lpips" and not self.lpips_weights:
+            yield "rec_loss", ("l1_lpips (the paper's L1 + LPIPS) needs tokenizer.lpips_weights, a VGG16 LPIPS file "
+                               "built with `python -m vtp_core.losses.lpips`; or say rec_loss: l1")
+        elif self.rec_loss == "l1_lpips" and len(self.lpips_sha256) != 64:
+            yield "lpips_sha256", (f"{self.lpips_sha256!r}: give the 64-hex-digit sha256 of {self.lpips_weights} "
+                                   f"(`python -m vtp_core.losses.lpips` prints it)")
+
+
+def ssl_problems(cfg: TokenizerConfig):
+    """(field, message) for SSL settings that would train nothing: crops under 2x2 patches or off the patch
+    grid, and iBOT masks that mask no patch. Only for recipes with SSL."""
+    if not RECIPES[cfg.recipe][1]:
+        return
+    for name in ("global_crop", "local_crop") if cfg.n_local_crops else ("global_crop",):
+        side = getattr(cfg, name)
+        if side % cfg.patch:
+            yield name, f"{side} is not a multiple of tokenizer.patch={cfg.patch}"
+        elif side // cfg.patch < 2:
+            yield name, (f"{side} px is {side // cfg.patch}x{side // cfg.patch} patch(es) of {cfg.patch}; an SSL crop "
+                         f"needs at least 2x2 patches")
+        elif side > cfg.data.image_size:
+            yield name, f"{side} is larger than data.image_size={cfg.data.image_size}"
+    n_tok = (cfg.global_crop // max(cfg.patch, 1)) ** 2
+    b_ssl = max(2, round(cfg.batch_size * cfg.ssl_fraction))
+    if int(2 * b_ssl * cfg.mask_probability) == 0:
+        yield "mask_probability", (f"{cfg.mask_probability} masks none of the {2 * b_ssl} global crops per step "
+                                   f"(iBOT would train nothing)")
+    elif round(cfg.mask_ratio[1] * n_tok) < 1:
+        yield "mask_ratio", (f"{list(cfg.mask_ratio)} of a {n_tok}-patch global crop rounds to 0 masked patches "
+                             f"(iBOT would train nothing; raise global_crop or the ratio)")
+
+
+def warmup_steps(cfg: TokenizerConfig) -> int:
+    """The linear warm-up of one run: min(warmup_steps, round(warmup_fraction · steps)). Peak LR is reached at
+    step warm-1 (or step 0 without warm-up), inside every run since warmup_fraction < 1."""
+    return min(cfg.warmup_steps, round(cfg.warmup_fraction * cfg.steps))
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     """Understanding + reconstruction probes of a pretrained tokenizer."""
 
-    n_train: int = 2000  # linear-probe train images (from the train split of `data`)
-    n_test: int = 1000  # eval images (test split), also the rFID set
-    probe_epochs: int = 30
-    probe_lr: float = 1e-2
-    seed: int = 0
-    batch_size: int = unversioned(256)
-    data: DataConfig = DataConfig()  # the evaluation data (a study fills in its `eval_data:`)
-    # zero-shot preprocessing: "squash" = VTP's Resize((S, S)), whole image, no crop (METHOD.md §5.8);
+    n_train: int = spec(100000, gt=0, source="ours: 100 per ImageNet class (paper probe settings UNKNOWN)",
+                        doc="linear-probe train images (train split of eval_data)")
+    n_test: int = spec(50000, gt=0, source="released code (all 50k ImageNet val)", doc="eval images; also the rFID set")
+    probe_epochs: int = spec(30, gt=0, source="ours", doc="full-batch logistic-regression steps")
+    probe_lr: float = spec(1e-2, gt=0, source="ours", doc="its learning rate")
+    seed: int = spec(0, source="ours", doc="seed of the probe subsets")
+    batch_size: int = unversioned(256, gt=0, source="ours", doc="encode batch")
+    data: DataConfig = spec(DataConfig(), source="study eval_data:", doc="evaluation data")
+    # zero-shot preprocessing: "squash" = VTP's Resize((S, S)), whole image, no crop;
     # "center_crop" = the ADM crop the linear probe and rFID use. Versioned: it changes zero-shot numbers.
-    zero_shot_resize: str = "squash"
-
-
-ZERO_SHOT_RESIZES = ("squash", "center_crop")
+    zero_shot_resize: str = spec("squash", choices=ZERO_SHOT_RESIZES, source="released code (Resize((256, 256)), no crop)",
+                                 doc="zero-shot preprocessing")

@@ -54,10 +54,11 @@ def step_losses(model: Tokenizer, teacher: Teacher | None, batch: dict[str, torc
     total = 0.0
     if "rec" in objectives:
         x = batch["rec_images"]
-        out.update(reconstruction_loss(model.decode(model.encode(x)), x, lpips, cfg.lambda_lpips))
+        out.update(reconstruction_loss(model.decode(model.encoder.encode(x, cfg.rec_drop_rate)), x, lpips,
+                                       cfg.lambda_lpips))
         total = total + cfg.lambda_rec * out["rec"]
     if "clip" in objectives:
-        t, _ = model.encoder.tokens(batch["clip_images"])
+        t, _ = model.encoder.tokens(batch["clip_images"], drop_rate=cfg.clip_drop_rate)
         img = model.visual_proj(model.head_input(t[:, 0]))
         txt = model.text(batch["clip_text"])
         out["clip"] = clip_loss(gather_with_grad(img), gather_with_grad(txt), model.logit_scale, cfg.logit_scale_max)
@@ -80,12 +81,12 @@ def _ssl_losses(model: Tokenizer, teacher: Teacher, batch: dict[str, torch.Tenso
         t_patch = teacher.dino_head(t_in[:, 1:].flatten(0, 1).index_select(0, mask_idx))
         t_cls_p = teacher.dino_center.teacher_probs(t_cls, teacher_temp)
         t_patch_p = teacher.ibot_center.teacher_probs(t_patch, teacher_temp)
-    s_tok, _ = model.encoder.tokens(glob, mask=batch["masks"])
+    s_tok, _ = model.encoder.tokens(glob, mask=batch["masks"], drop_rate=cfg.ssl_drop_rate)
     s_in = model.head_input(s_tok)
     s_cls = model.dino_head(s_in[:, 0])
     s_patch = model.dino_head(s_in[:, 1:].flatten(0, 1).index_select(0, mask_idx))
     if cfg.n_local_crops:
-        l_tok, _ = model.encoder.tokens(loc)
+        l_tok, _ = model.encoder.tokens(loc, drop_rate=cfg.ssl_drop_rate)
         s_loc = model.dino_head(model.head_input(l_tok[:, 0]))
     else:
         s_loc = s_cls[:0]

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vtp_core import distributed, flops, stage2
-from vtp_core.batches import Prefetcher, caption_source, make_batch, sub_batch_sizes
+from vtp_core.batches import Prefetcher, caption_source, images_per_step, make_batch, objective_batches
 from vtp_core.config import TokenizerConfig
 from vtp_core.data import load_train
 from vtp_core.losses.lpips import load_lpips
@@ -33,6 +33,9 @@ from vtp_core.schedules import ema_momentum_at, lr_at, teacher_temp_at
 from vtp_core.tokenizer import Tokenizer, tokenizer_payload
 
 NO_DECAY = ("cls_token", "mask_token", "positional_embedding", "logit_scale", "prototypes")
+# final_losses: means over the last 20 steps (or all, if fewer), not over log_every: log_every is unversioned,
+# so it may change log lines but no number (tests/test_unversioned_fields.py)
+FINAL_LOSS_WINDOW = 20
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -89,14 +92,14 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
     model = Tokenizer(cfg).to(device)
     teacher = Teacher(model).to(device) if model.lambda_ssl else None
     lpips = load_lpips(cfg, log, device)
-    opt = adamw(param_groups(model, cfg.weight_decay), device, lr=cfg.lr, betas=tuple(cfg.betas))
+    opt = adamw(param_groups(model, cfg.weight_decay), device, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
     s2 = stage2.Stage2(model, cfg, device) if cfg.stage2_steps > 0 else None
     images, labels = load_train(cfg.data)
     active = active_objectives(model)
     captions = caption_source(cfg.data, model.text.size.context_length) if "clip" in active else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
-    step, wall_before, window, s2_losses = 0, 0.0, {}, {}
+    step, wall_before, window, s2_losses, lr_peak = 0, 0.0, {}, {}, 0.0
     if ctx.ckpt_path.is_file():
         ck = load_checkpoint(ctx.ckpt_path)
         model.load_state_dict(ck["model"])
@@ -107,6 +110,7 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
             s2.load_state_dict(ck["stage2"])
         set_rng_state(ck["rng"])
         step, wall_before, window = ck["step"], ck["wall_s"], ck["loss_window"]
+        lr_peak = float(ck.get("lr_peak", 0.0))
         log.info("pretrain: resumed from %s at step %d (stage 2 step %d)", ctx.ckpt_path, step, s2.step if s2 else 0)
     maybe_compile(model, teacher, cfg, ctx)
 
@@ -115,8 +119,9 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
             return distributed.barrier()
         atomic_torch_save({"model": model.state_dict(), "teacher": teacher.state_dict() if teacher else {},
                            "optimizer": opt.state_dict(), "stage2": s2.state_dict() if s2 else {}, "scaler": {},
-                           "step": step, "rng": rng_state(), "samples_seen": step * cfg.batch_size,
-                           "wall_s": wall_before + time.time() - t_start, "loss_window": window}, ctx.ckpt_path)
+                           "step": step, "rng": rng_state(), "samples_seen": step * images_per_step(cfg),
+                           "wall_s": wall_before + time.time() - t_start, "loss_window": window,
+                           "lr_peak": lr_peak}, ctx.ckpt_path)
         distributed.barrier()
 
     # ------------------------------------------------------------------ stage 1
@@ -131,8 +136,10 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
     next_batch = Prefetcher(lambda s: make_batch(cfg, images, labels, s, active, captions, device), cfg.steps)
     try:
         while step < cfg.steps:
+            lr = lr_at(cfg, step)
+            lr_peak = max(lr_peak, lr)
             for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step)
+                g["lr"] = lr
             batch = next_batch(step)
             with autocast:
                 losses = net(batch, teacher_temp_at(cfg, step))
@@ -152,10 +159,11 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
             if teacher is not None:
                 teacher.update(model, ema_momentum_at(cfg, step))
             step += 1
-            window = {k: (window.get(k, []) + [v])[-cfg.log_every:] for k, v in zip(names, seen)}
+            keep = max(cfg.log_every, FINAL_LOSS_WINDOW)  # the log's window and the final one
+            window = {k: (window.get(k, []) + [v])[-keep:] for k, v in zip(names, seen)}
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                means = {k: sum(v) / len(v) for k, v in window.items()}
+                means = {k: sum(v[-cfg.log_every:]) / len(v[-cfg.log_every:]) for k, v in window.items()}
                 bar.set_postfix(loss=f"{means['total']:.4f}")
                 log.info("pretrain step %d/%d %s", step, cfg.steps, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
                 ctx.heartbeat({"step": step, "steps": cfg.steps, "loss": means["total"]})
@@ -184,16 +192,18 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
         atomic_torch_save(tokenizer_payload(model), Path(ctx.out) / "tokenizer.pt")
     distributed.barrier()
     step_flops = flops.train_step_flops(cfg)
-    b_ssl, b_rec = sub_batch_sizes(cfg)
+    per_objective = objective_batches(cfg)
     return {
-        "final_losses": {k: sum(v) / len(v) for k, v in window.items()},
+        "final_losses": {k: sum(v[-FINAL_LOSS_WINDOW:]) / len(v[-FINAL_LOSS_WINDOW:]) for k, v in window.items()},
         "stage2_final_losses": s2_losses or None,
         "steps": cfg.steps,
         "stage2_steps": cfg.stage2_steps,
-        "samples_seen": cfg.steps * cfg.batch_size,
+        "samples_seen": cfg.steps * images_per_step(cfg),  # distinct images drawn and trained on
+        "samples": {k: cfg.steps * b for k, b in per_objective.items()},  # per objective
         "data_size": int(len(images)),
-        "batch": {"clip": cfg.batch_size if "clip" in active else 0, "ssl": b_ssl if "ssl" in active else 0,
-                  "rec": b_rec},
+        "batch": per_objective,
+        "lr_peak": lr_peak,  # the schedule's peak, reached inside the run (a rehearsal checks it against lr)
+        "lr": cfg.lr,
         "flops_per_step": step_flops["total"],
         "flops_by_component": step_flops["by_component"],
         "tokenizer_flops": cfg.steps * step_flops["total"],  # stage 1 only (the scaling axis)

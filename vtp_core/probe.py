@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vtp_core.config import ZERO_SHOT_RESIZES, ProbeConfig
+from vtp_core.config import ProbeConfig
 from vtp_core.data import (CLASS_NAMES, class_names, load_images, load_split, normalize, subset_indices,
                            take, to_uint8)
 from vtp_core.data.captions import zero_shot_prompts
@@ -96,8 +96,6 @@ def rfid(real: np.ndarray, recon: np.ndarray, ctx: StageContext, data_tag: str) 
 
 
 def run(cfg: ProbeConfig, ctx: StageContext) -> dict:
-    if cfg.zero_shot_resize not in ZERO_SHOT_RESIZES:
-        raise StageError(f"ProbeConfig.zero_shot_resize: '{cfg.zero_shot_resize}'; valid: {', '.join(ZERO_SHOT_RESIZES)}")
     device = ctx.device
     tok = load_tokenizer(ctx.input("pretrain"), device)
     data = cfg.data

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import math
 
-from vtp_core.config import TokenizerConfig
+from vtp_core.config import TokenizerConfig, warmup_steps
 
 
 def lr_at(cfg: TokenizerConfig, step: int) -> float:
-    """Linear warmup over `warmup_steps`, then cosine to 0 at `steps`."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+    """Linear warm-up over `config.warmup_steps(cfg)` = min(warmup_steps, round(warmup_fraction · steps))
+    steps, reaching the peak `lr` at its last step, then cosine to 0 at `steps`. Every run reaches the
+    peak: the warm-up is at most a fraction < 1 of its steps."""
+    warm = warmup_steps(cfg)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    span = max(cfg.steps - warm, 1)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step - warm, span) / span))
 
 
 def teacher_temp_at(cfg: TokenizerConfig, step: int) -> float:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vtp_core import registry
-from vtp_core.cfg import from_dict, to_dict
+from vtp_core.cfg import load, to_dict
 from vtp_core.config import RECIPES, TokenizerConfig
 from vtp_core.losses.clip import LOGIT_SCALE_INIT
 from vtp_core.models.heads import DINOHead
@@ -23,9 +23,6 @@ from vtp_core.models.linear import Linear
 from vtp_core.models.text import TextTower, tokenize
 from vtp_core.models.vit import PixelDecoder, ViTEncoder
 from vtp_core.runtime import StageError, load_checkpoint
-
-HEADS_READ = ("pre_bottleneck", "bottleneck")
-
 
 def text_size(cfg: TokenizerConfig, size: registry.TextSize | None = None) -> registry.TextSize:
     size = size or registry.get("text", cfg.text)
@@ -41,17 +38,16 @@ class Tokenizer(nn.Module):
         """`sizes` may override the registry lookups ({'encoder'|'decoder'|'text': size}), e.g. for FLOPs."""
         super().__init__()
         sizes = sizes or {}
-        if cfg.recipe not in RECIPES:
+        if cfg.recipe not in RECIPES:  # choices are checked when a config is loaded; this is a code path's guard
             raise StageError(f"TokenizerConfig.recipe: '{cfg.recipe}' unknown; valid: {', '.join(RECIPES)}")
-        if cfg.heads_read not in HEADS_READ:
-            raise StageError(f"TokenizerConfig.heads_read: '{cfg.heads_read}'; valid: {', '.join(HEADS_READ)}")
         self.cfg = cfg
         self.sizes: dict = {}  # the resolved sizes, saved in tokenizer.pt so custom sizes reload anywhere
         self.lambda_clip, self.lambda_ssl = RECIPES[cfg.recipe]
         enc = self.sizes["encoder"] = sizes.get("encoder") or registry.get("encoder", cfg.encoder)
         dec = self.sizes["decoder"] = sizes.get("decoder") or registry.get("decoder", cfg.decoder)
-        self.encoder = ViTEncoder(enc, cfg.patch, cfg.latent_channels, rope_base=cfg.rope_base)
-        self.decoder = PixelDecoder(dec, cfg.patch, cfg.latent_channels, rope_base=cfg.rope_base)
+        self.encoder = ViTEncoder(enc, cfg.patch, cfg.latent_channels, rope_base=cfg.rope_base, qkv_bias=cfg.qkv_bias,
+                                  qk_norm=cfg.qk_norm)  # QKNorm on the encoder; the released decoder has none
+        self.decoder = PixelDecoder(dec, cfg.patch, cfg.latent_channels, rope_base=cfg.rope_base, qkv_bias=cfg.qkv_bias)
         head_in = enc.width if cfg.heads_read == "pre_bottleneck" else cfg.latent_channels
         if self.lambda_clip:
             ts = self.sizes["text"] = text_size(cfg, sizes.get("text"))
@@ -124,7 +120,7 @@ def load_tokenizer(stage_dir: str | Path, device: str | torch.device = "cpu") ->
     if not path.is_file():
         raise StageError(f"{path} not found (is the pretrain stage done?)")
     blob = load_checkpoint(path)
-    cfg = from_dict(TokenizerConfig, blob["config"])
+    cfg = load(TokenizerConfig, blob["config"], str(path), strict=False, validate=False)  # our own file
     kinds = {"encoder": registry.ViTSize, "decoder": registry.ViTSize, "text": registry.TextSize}
     model = Tokenizer(cfg, {k: kinds[k](**v) for k, v in blob.get("sizes", {}).items()})
     model.load_state_dict(blob["model"])

@@ -12,6 +12,7 @@ import fake_stages  # noqa: E402
 
 from cluster.store import Store  # noqa: E402
 from sweeps.errors import SpecError  # noqa: E402
+import small_configs as small
 
 ray = pytest.importorskip("ray")
 ENTRIES = {"fake": "fake_stages:fake_run"}
@@ -47,7 +48,7 @@ def test_ray_runs_chains_failure_isolated_then_retries_only_failures(tmp_path, m
 def test_ray_resources_typo_refused_before_ray_starts(tmp_path):
     from cluster.ray_exec import run_ray
 
-    with pytest.raises(SpecError, match="unknown field 'cpus'"):
+    with pytest.raises(SpecError, match="unknown key 'cpus'"):
         run_ray(fake_stages.make_plan(1), Store(tmp_path), {"fake": {"cpus": 2}}, entries=ENTRIES)
     assert not ray.is_initialized()
 
@@ -63,9 +64,8 @@ def test_tune_lr_asha_picks_an_lr_and_writes_yaml(tmp_path, monkeypatch, request
     request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "lr.yaml"
-    from vtp_core.config import DataConfig, TokenizerConfig
 
-    base = TokenizerConfig(batch_size=16, data=DataConfig(n_train=512))
+    base = small.tokenizer(batch_size=16, data=small.data(n_train=512))
     doc = tune_lr("tiny", lrs=(1e-4, 3e-3, 10.0), recipe="ae", steps=18, num_cpus=2, grace_steps=6, base=base,
                   out=out, storage=tmp_path / "tune")
     saved = yaml.safe_load(out.read_text())

@@ -90,9 +90,9 @@ def wait_for(pred, timeout: float, what: str, poll: float = 0.5):
 def test_resources_typo_names_valid_keys():
     with pytest.raises(SpecError, match=r"unknown key 'pretrian' \(allowed: default, pretrain"):
         slurm.validate_resources({"pretrian": {"gpus_per_node": 1}})
-    with pytest.raises(SpecError, match=r"resources.dit: unknown field 'gpu' \(allowed: partition, gpus_per_node"):
+    with pytest.raises(SpecError, match=r"resources.dit: unknown key 'gpu' \(allowed: partition, gpus_per_node"):
         slurm.validate_resources({"dit": {"gpu": 1}})
-    with pytest.raises(SpecError, match=r"resources.default.timeout_min: expected int, got '1h'"):
+    with pytest.raises(SpecError, match=r"resources.default.timeout_min: expected an integer, got '1h'"):
         slurm.validate_resources({"default": {"timeout_min": "1h"}})
     res = slurm.validate_resources({"default": {"partition": "gpu", "additional_parameters": {"qos": "low"}},
                                     "dit": {"gpus_per_node": 4, "additional_parameters": {"constraint": "a100"}}})

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dit_eval.config import DiTSpec
 from dit_eval.latents import stats_hash
 from vtp_core.runtime import Preempted, load_checkpoint
+import small_configs as small
 
-SPEC = DiTSpec(steps=5, batch_size=16, ckpt_every=2, lr=1e-2, ema=0.9)  # lr high: weights move visibly
+SPEC = small.dit(steps=5, batch_size=16, ckpt_every=2, lr=1e-2, ema=0.9)  # lr high: weights move visibly
 
 
 def _data():

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from dit_eval.config import DiTSpec
 from dit_eval.flops import dit_train_step_flops
 from dit_eval.models import count_params, create_dit, list_sizes
+import small_configs as small
 
 
 @pytest.mark.parametrize("size", list_sizes())
@@ -36,9 +36,9 @@ def test_unknown_size_names_valid_ones():
 
 
 def test_flops_measured_and_memoized():
-    f = dit_train_step_flops(DiTSpec(), (8, 8, 8))
-    f2 = dit_train_step_flops(DiTSpec(batch_size=2 * DiTSpec().batch_size), (8, 8, 8))
+    f = dit_train_step_flops(small.dit(), (8, 8, 8))
+    f2 = dit_train_step_flops(small.dit(batch_size=2 * small.dit().batch_size), (8, 8, 8))
     assert f > 0 and abs(f2 / f - 2) < 1e-6
     # B/1 at 256 tokens: between 3x and 6x (params x tokens) (adaLN weights are per sample, not per token)
-    fb = dit_train_step_flops(DiTSpec(size="B/1", batch_size=1), (64, 16, 16))
+    fb = dit_train_step_flops(small.dit(size="B/1", batch_size=1), (64, 16, 16))
     assert 3 * 130.4e6 * 256 < fb < 6 * 130.4e6 * 256

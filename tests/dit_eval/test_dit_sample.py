@@ -3,12 +3,12 @@ import pytest
 import torch
 from dit_fakes import FakeTokenizer, fake_to_uint8
 
-from dit_eval.config import DiTSpec, SampleConfig
 from dit_eval.latents import stats_hash
 from dit_eval.models import create_dit
 from dit_eval.sample import euler_sample, generate_shards, load_samples, time_grid
 from vtp_core.cfg import to_dict
 from vtp_core.runtime import Preempted, StageError
+import small_configs as small
 
 
 def _dit_ckpt():
@@ -19,11 +19,11 @@ def _dit_ckpt():
     mean, std = torch.zeros(8), torch.ones(8)
     stats = {"mean": mean, "std": std, "n": 1, "hash": stats_hash(mean, std)}
     sd = m.state_dict()
-    return {"spec": to_dict(DiTSpec()), "model": sd, "ema": sd, "stats_hash": stats["hash"],
+    return {"spec": to_dict(small.dit()), "model": sd, "ema": sd, "stats_hash": stats["hash"],
             "latent_shape": [8, 8, 8]}, stats
 
 
-CFG = SampleConfig(n_samples=10, steps=4, shard_size=4, batch_size=3, cfg_scale=2.0, cfg_interval_start=0.3)
+CFG = small.sample(n_samples=10, steps=4, shard_size=4, batch_size=3, cfg_scale=2.0, cfg_interval_start=0.3)
 
 
 def test_time_grid_shift():
@@ -63,7 +63,7 @@ def test_labels_independent_of_shard_size(tmp_path):
     ck, stats = _dit_ckpt()
     tok = FakeTokenizer()
     generate_shards(CFG, tmp_path / "a", ck, stats, tok.decode, fake_to_uint8)
-    other = SampleConfig(**{**to_dict(CFG), "shard_size": 10, "batch_size": 10})
+    other = small.sample(**{**to_dict(CFG), "shard_size": 10, "batch_size": 10})
     generate_shards(other, tmp_path / "b", ck, stats, tok.decode, fake_to_uint8)
     a_img, a_lab = load_samples(tmp_path / "a")
     b_img, b_lab = load_samples(tmp_path / "b")
@@ -79,5 +79,7 @@ def test_stop_request_and_stats_mismatch(tmp_path):
     other = {**stats, "hash": "0" * 16}
     with pytest.raises(StageError, match="refusing to un-standardise"):
         generate_shards(CFG, tmp_path, ck, other, tok.decode, fake_to_uint8)
-    with pytest.raises(StageError, match="valid: euler"):
-        generate_shards(SampleConfig(sampler="heun"), tmp_path, ck, stats, tok.decode, fake_to_uint8)
+    from vtp_core.cfg import ConfigError, load
+
+    with pytest.raises(ConfigError, match="sampler: unknown value 'heun' .allowed: euler"):
+        load(type(CFG), {"sampler": "heun"})

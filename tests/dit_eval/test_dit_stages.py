@@ -11,10 +11,11 @@ import torch
 from dit_fakes import FakeTokenizer, fake_to_uint8, synthetic_images
 
 from dit_eval import extractors, fid, latents, refstats, sample, train
-from dit_eval.config import DiTSpec, ExtractorConfig, FIDConfig, LatentsConfig, RefStatsConfig, SampleConfig
+from dit_eval.config import FIDConfig
 from dit_eval.extractors import INCEPTION_SHA1, bundled_inception_path, file_hash, load_extractor
 from dit_eval.fid import protocol_hash
 from vtp_core.runtime import StageError, atomic_write_json
+import small_configs as small
 
 
 @pytest.fixture
@@ -33,19 +34,19 @@ def fake_vtp(monkeypatch):
 
 def test_pipeline_end_to_end(fake_vtp, make_ctx, tmp_path):
     ext = make_ctx("extractor")
-    m = extractors.run(ExtractorConfig(train_steps=30), ext)
+    m = extractors.run(small.extractor(train_steps=30), ext)
     assert m["dim"] == 128 and 0 <= m["test_accuracy"] <= 1
     ref = make_ctx("refstats", extractor=ext.out)
-    r = refstats.run(RefStatsConfig(n_images=100), ref)
+    r = refstats.run(small.refstats(n_images=100), ref)
     assert r["extractor_sha"] == m["sha"] and r["n"] == 100 and r["split"] == "test"
     (tmp_path / "pretrain").mkdir()
     lat = make_ctx("latents", pretrain=tmp_path / "pretrain")
-    lm = latents.run(LatentsConfig(n_images=200, shard_size=64), lat)
+    lm = latents.run(small.latents(n_images=200, shard_size=64), lat)
     dit = make_ctx("dit", latents=lat.out)
-    dm = train.run(DiTSpec(steps=20, batch_size=16), dit)
+    dm = train.run(small.dit(steps=20, batch_size=16), dit)
     assert dm["stats_hash"] == lm["stats_hash"] and dm["loss_end"] < dm["loss_start"]
     smp = make_ctx("sample", dit=dit.out, latents=lat.out, pretrain=tmp_path / "pretrain")
-    sm = sample.run(SampleConfig(n_samples=150, steps=5, shard_size=100, batch_size=50), smp)
+    sm = sample.run(small.sample(n_samples=150, steps=5, shard_size=100, batch_size=50), smp)
     atomic_write_json(smp.out / "metrics.json", sm)
     out = fid.run(FIDConfig(), make_ctx("fid", sample=smp.out, extractor=ext.out, refstats=ref.out))
     g = out["gfid"]
@@ -57,8 +58,8 @@ def test_pipeline_end_to_end(fake_vtp, make_ctx, tmp_path):
     json.dumps(dm)
     few = make_ctx("sample_few", dit=dit.out, latents=lat.out, pretrain=tmp_path / "pretrain")
     atomic_write_json(few.out / "metrics.json",
-                      sample.run(SampleConfig(n_samples=50, steps=3, shard_size=50, batch_size=50), few))
-    low = fid.run(FIDConfig(), make_ctx("fid_low", sample=few.out, extractor=ext.out, refstats=ref.out))
+                      sample.run(small.sample(n_samples=50, steps=3, shard_size=50, batch_size=50), few))
+    low = fid.run(FIDConfig(allow_low_n=True), make_ctx("fid_low", sample=few.out, extractor=ext.out, refstats=ref.out))
     assert low["gfid"]["low_n"] is True and low["gfid"]["protocol_hash"] != g["protocol_hash"]
     with pytest.raises(StageError, match="allow_low_n"):
         fid.run(FIDConfig(allow_low_n=False), make_ctx("fid_x", sample=few.out, extractor=ext.out, refstats=ref.out))
@@ -66,7 +67,7 @@ def test_pipeline_end_to_end(fake_vtp, make_ctx, tmp_path):
 
 def test_extractor_checksum_guard(fake_vtp, make_ctx):
     ctx = make_ctx("extractor")
-    extractors.run(ExtractorConfig(train_steps=5), ctx)
+    extractors.run(small.extractor(train_steps=5), ctx)
     e = load_extractor(ctx.out)
     feats = e(synthetic_images(3)[0])
     assert feats.shape == (3, 128) and feats.dtype == np.float64
@@ -74,14 +75,14 @@ def test_extractor_checksum_guard(fake_vtp, make_ctx):
     with pytest.raises(StageError, match="recorded sha"):
         load_extractor(ctx.out)
     with pytest.raises(StageError, match="valid: fmnist_cnn, inception"):
-        extractors.run(ExtractorConfig(name="clip"), ctx)
+        extractors.run(small.extractor(name="clip"), ctx)
 
 
 def test_bundled_inception(make_ctx):
     path = bundled_inception_path()
     assert file_hash(path, "sha1") == INCEPTION_SHA1
     ctx = make_ctx("inception")
-    extractors.run(ExtractorConfig(name="inception"), ctx)
+    extractors.run(small.extractor(name="inception"), ctx)
     e = load_extractor(ctx.out)
     imgs = synthetic_images(2)[0]
     f = e(imgs)
@@ -97,14 +98,14 @@ def test_bundled_inception(make_ctx):
     pth = ctx.out.parent / "my_inception.pth"  # a pytorch-fid style state_dict (torchvision key names)
     torch.save(from_torchscript(path).net.state_dict(), pth)
     ctx2 = make_ctx("inception_pth")
-    extractors.run(ExtractorConfig(name="inception", path=str(pth)), ctx2)
+    extractors.run(small.extractor(name="inception", path=str(pth)), ctx2)
     assert np.abs(load_extractor(ctx2.out)(imgs) - f).max() < 1e-6
     torch.save({"fc.weight": torch.zeros(1)}, ctx.out / "pt_inception-2015-12-05-6726825d.pth")
     with pytest.raises(StageError, match="its name says"):
-        extractors.run(ExtractorConfig(name="inception", path=str(ctx.out / "pt_inception-2015-12-05-6726825d.pth")),
+        extractors.run(small.extractor(name="inception", path=str(ctx.out / "pt_inception-2015-12-05-6726825d.pth")),
                        ctx)
     with pytest.raises(StageError, match="not found"):
-        extractors.run(ExtractorConfig(name="inception", path="/nonexistent/pt_inception.pth"), ctx)
+        extractors.run(small.extractor(name="inception", path="/nonexistent/pt_inception.pth"), ctx)
 
 
 def test_reference_npz(tmp_path):

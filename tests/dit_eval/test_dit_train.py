@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from dit_eval.config import DiTSpec, LatentsConfig
 from dit_eval.latents import encode_to_shards, load_latents, load_stats, stats_hash
 from dit_eval.train import train_dit
 from vtp_core.runtime import Diverged, Preempted, StageError, load_checkpoint
+import small_configs as small
 
 
 def _latents(n, seed=0):
@@ -24,7 +24,7 @@ def test_tiny_dit_overfits_16_latents(tmp_path):
     g = torch.Generator().manual_seed(0)
     z = torch.randn(16, 8, 1, 1, generator=g) + 0.3 * torch.randn(16, 1, 8, 8, generator=g)
     data = {"latents": z, "latents_flip": z, "labels": torch.arange(16) % 10}
-    spec = DiTSpec(steps=250, batch_size=16, lr=1e-2, ema=0.9, t_mu=0.0, t_sigma=1.0)
+    spec = small.dit(steps=250, batch_size=16, lr=1e-2, ema=0.9, t_mu=0.0, t_sigma=1.0)
     m = train_dit(spec, tmp_path, data, _stats(z))
     assert m["loss_start"] / m["loss_end"] >= 5, m
     ck = torch.load(tmp_path / "dit.pt", weights_only=True)
@@ -35,7 +35,7 @@ def test_tiny_dit_overfits_16_latents(tmp_path):
 def test_resume_is_bit_identical(tmp_path):
     data = _latents(40)
     stats = _stats(data["latents"])
-    spec = DiTSpec(steps=12, batch_size=8, ckpt_every=5)
+    spec = small.dit(steps=12, batch_size=8, ckpt_every=5)
     ref = train_dit(spec, tmp_path / "a", data, stats)
     calls = {"n": 0}
 
@@ -56,7 +56,7 @@ def test_resume_is_bit_identical(tmp_path):
 
 def test_resume_with_other_stats_refused(tmp_path):
     data = _latents(20)
-    spec = DiTSpec(steps=6, batch_size=4, ckpt_every=3)
+    spec = small.dit(steps=6, batch_size=4, ckpt_every=3)
     with pytest.raises(Preempted):
         train_dit(spec, tmp_path, data, _stats(data["latents"]), stop_requested=lambda: True)
     with pytest.raises(StageError, match="latent stats"):
@@ -69,14 +69,14 @@ def test_nan_loss_raises_diverged(tmp_path):
     data["latents"][:] = float("nan")
     data["latents_flip"][:] = float("nan")
     with pytest.raises(Diverged):
-        train_dit(DiTSpec(steps=3, batch_size=4), tmp_path, data, stats)
+        train_dit(small.dit(steps=3, batch_size=4), tmp_path, data, stats)
 
 
 def test_latents_stage_and_tampered_stats_refused(tmp_path, fake_tokenizer):
     from dit_fakes import synthetic_images
 
     imgs, labels = synthetic_images(30)
-    m = encode_to_shards(LatentsConfig(n_images=25, shard_size=10, stats_subset=20), tmp_path, fake_tokenizer,
+    m = encode_to_shards(small.latents(n_images=25, shard_size=10, stats_subset=20), tmp_path, fake_tokenizer,
                          imgs, labels, "cpu")
     assert m["n"] == 25 and m["latent_shape"] == [8, 8, 8] and m["n_shards"] == 3 and m["n_stats"] == 20
     store = load_latents(tmp_path)

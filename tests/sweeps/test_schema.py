@@ -94,9 +94,27 @@ def test_good_spec_loads(write_study):
 
 
 @pytest.mark.parametrize("name", ["demo", "params", "data", "flops", "recipes"])
-def test_shipped_studies_load(name):
-    s = load_study(study_path(name))
+def test_shipped_studies_load(name, tmp_path):
+    """A shipped study names the files a user supplies; as shipped it stops at the first one, and with an
+    LPIPS file given it loads with the method's settings (paths to data are checked by the planner)."""
+    import yaml
+
+    from vtp_core.losses.lpips import write_random_lpips
+
+    if name == "demo":  # the embedded study needs nothing from the user
+        assert load_study(study_path(name)).tokenizer.rec_loss == "l1"
+        return
+    with pytest.raises(SpecError, match="tokenizer.lpips_sha256"):
+        load_study(study_path(name))
+    doc = yaml.safe_load(study_path(name).read_text())
+    weights = tmp_path / "lpips.pt"
+    doc["tokenizer"].update(lpips_weights=str(weights), lpips_sha256=write_random_lpips(weights))
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    s = load_study(tmp_path / f"{name}.yaml")
     assert s.name == name and s.n_cells >= 2
+    t = s.tokenizer
+    assert (t.patch, t.global_crop, t.local_crop, t.batch_size, t.dino_prototypes) == (16, 224, 96, 16384, 65536)
+    assert t.rec_loss == "l1_lpips" and t.qk_norm and s.dit.size == "B/1" and s.sample.n_samples == 10000
 
 
 def test_lr_from_tune_file(write_study, tmp_path):

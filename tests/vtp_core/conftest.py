@@ -10,13 +10,14 @@ import torch
 
 from vtp_core.config import TokenizerConfig
 from vtp_core.runtime import StageContext
+import small_configs as small
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture
 def tiny_cfg() -> TokenizerConfig:
-    return TokenizerConfig(batch_size=16, steps=4, warmup_steps=2, ckpt_every=2, log_every=2)
+    return small.tokenizer(batch_size=16, steps=4, warmup_steps=2, ckpt_every=2, log_every=2)
 
 
 @pytest.fixture

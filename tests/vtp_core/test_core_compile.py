@@ -12,13 +12,13 @@ import torch._dynamo
 
 from dit_eval.models import create_dit
 from vtp_core.batches import CaptionTable, make_batch
-from vtp_core.config import TokenizerConfig
 from vtp_core.data import CLASS_NAMES, load_train
 from vtp_core.models.layers import dinov3_rope, eva_rope, rope_table
 from vtp_core.models.text import tokenize
 from vtp_core.objectives import Teacher, active_objectives, step_losses
 from vtp_core.pretrain import compile_towers
 from vtp_core.tokenizer import Tokenizer
+import small_configs as small
 
 CPU = torch.device("cpu")
 
@@ -32,7 +32,7 @@ def _fresh_dynamo():
 
 def _model(recipe: str = "clip_ssl_ae") -> tuple[Tokenizer, Teacher | None]:
     torch.manual_seed(0)
-    model = Tokenizer(TokenizerConfig(recipe=recipe, batch_size=8))
+    model = Tokenizer(small.tokenizer(recipe=recipe, batch_size=8))
     return model, Teacher(model) if model.lambda_ssl else None
 
 

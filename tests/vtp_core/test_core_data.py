@@ -8,25 +8,25 @@ import pytest
 import torch
 
 from vtp_core.batches import CaptionTable, make_batch, mask_tensors, sample_indices
-from vtp_core.config import DataConfig, TokenizerConfig
 from vtp_core.data import CLASS_NAMES, caption, load_split, load_train, normalize, subset_indices, to_uint8
 from vtp_core.data.views import block_masks, multi_crop
 from vtp_core.models.text import tokenize
 from vtp_core.runtime import StageError
+import small_configs as small
 
 
 def test_fashion_mnist_split_shapes():
-    imgs, labels = load_split(DataConfig(), "test")
+    imgs, labels = load_split(small.data(), "test")
     assert imgs.shape == (10_000, 32, 32, 3) and imgs.dtype == np.uint8
     assert labels.shape == (10_000,) and set(np.unique(labels)) == set(range(10))
     assert (imgs[:, :2] == 0).all()  # 28 -> 32 zero padding
-    small, _ = load_split(DataConfig(image_size=16), "test")
-    assert small.shape == (10_000, 16, 16, 3)
+    shrunk, _ = load_split(small.data(image_size=16), "test")
+    assert shrunk.shape == (10_000, 16, 16, 3)
 
 
 def test_missing_dataset_is_one_line_error(tmp_path):
     with pytest.raises(StageError, match="apt-get install dataset-fashion-mnist") as err:
-        load_split(DataConfig(path=str(tmp_path)), "train")
+        load_split(small.data(path=str(tmp_path)), "train")
     assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -35,9 +35,9 @@ def test_subsets_nested_and_deterministic():
     assert (b[:100] == a).all() and len(set(b)) == 300
     assert (subset_indices(1000, 100, 7) == a).all()
     assert not (subset_indices(1000, 100, 8) == a).all()
-    small, _ = load_train(DataConfig(n_train=50))
-    big, _ = load_train(DataConfig(n_train=500))
-    assert {x.tobytes() for x in small} <= {x.tobytes() for x in big}
+    few, _ = load_train(small.data(n_train=50))
+    many, _ = load_train(small.data(n_train=500))
+    assert {x.tobytes() for x in few} <= {x.tobytes() for x in many}
 
 
 def test_pixel_round_trip_is_exact():
@@ -68,7 +68,7 @@ def test_views_and_masks():
 
 
 def test_batches_are_a_function_of_seed_and_step():
-    cfg = TokenizerConfig(batch_size=16)
+    cfg = small.tokenizer(batch_size=16)
     imgs, labels = load_train(dataclasses.replace(cfg.data, n_train=40))
     caps = CaptionTable(CLASS_NAMES, 16)
     act = ("rec", "clip", "ssl")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from timm.layers import RotaryEmbeddingCat, RotaryEmbeddingDinoV3, apply_rot_embed_cat
 
 from vtp_core.models.layers import _SplitHeads, apply_rope, dinov3_rope, eva_rope, rms_norm
+import small_configs as small
 
 CPU = torch.device("cpu")
 
@@ -67,12 +68,11 @@ def test_split_heads_backward_matches_autograd():
 def test_bf16_autocast_step_matches_float32():
     """The GPU path's dtype handling (bf16 q/k/v through the RoPE split, fp32 RMSNorm), exercised with CPU
     autocast: the same step in bf16 gives the float32 loss and gradient direction."""
-    from vtp_core.config import DataConfig, TokenizerConfig
     from vtp_core.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
-    model = build_tokenizer(TokenizerConfig(recipe="ae", encoder="tiny", decoder="tiny", patch=4, latent_channels=8,
-                                            data=DataConfig(image_size=32)))
+    model = build_tokenizer(small.tokenizer(recipe="ae", encoder="tiny", decoder="tiny", patch=4, latent_channels=8,
+                                            data=small.data(image_size=32)))
     x = torch.randn(4, 3, 32, 32)
 
     def step(bf16: bool):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
-import json
 import tarfile
 
 import numpy as np
@@ -15,11 +14,11 @@ import torch
 from PIL import Image
 
 from vtp_core import pretrain
-from vtp_core.config import DataConfig, TokenizerConfig
 from vtp_core.data import index as data_index
 from vtp_core.data import load_captions, load_split, load_train, take
 from vtp_core.data.lazy import LazyImages
 from vtp_core.runtime import StageError, load_checkpoint
+import small_configs as small
 
 
 def _png(seed: int, size=(40, 36)) -> bytes:
@@ -50,7 +49,7 @@ def shards(tmp_path):
 
 def test_shard_pattern_lazy_equals_memory(shards):
     pattern = str(shards / "{00000..00002}.tar")
-    mem = DataConfig(dataset="tar", path=pattern, image_size=16, storage="memory")
+    mem = small.data(dataset="tar", path=pattern, image_size=16, storage="memory")
     lazy = dataclasses.replace(mem, storage="lazy")
     m_img, m_lab = load_split(mem, "train")
     l_img, l_lab = load_split(lazy, "train")
@@ -68,7 +67,7 @@ def test_shard_pattern_lazy_equals_memory(shards):
 
 
 def test_index_is_cached_and_rebuilt_when_shards_change(shards, monkeypatch):
-    cfg = DataConfig(dataset="tar", path=str(shards.parent), image_size=16)
+    cfg = small.data(dataset="tar", path=str(shards.parent), image_size=16)
     (shards.parent / "train").symlink_to(shards)
     assert len(data_index.load_index(cfg.path, "tar", "train")) == 18
     monkeypatch.setattr(data_index, "_scan_tar", lambda p: (_ for _ in ()).throw(AssertionError("rescanned")))
@@ -87,15 +86,18 @@ def test_bad_input_errors(shards, tmp_path):
         dst.write(src.read())
     with pytest.raises(StageError, match="not an uncompressed tar"):
         data_index.load_index(str(tmp_path / "gz"), "tar", "train")
-    with pytest.raises(StageError, match="DataConfig.storage"):
-        load_split(DataConfig(dataset="tar", path=str(shards / "{00000..00002}.tar"), storage="disk"), "train")
+    from vtp_core.cfg import ConfigError, load
+    from vtp_core.config import DataConfig
+
+    with pytest.raises(ConfigError, match="storage: unknown value 'disk' .allowed: auto, memory, lazy"):
+        load(DataConfig, {"dataset": "tar", "path": str(shards / "{00000..00002}.tar"), "storage": "disk"})
 
 
 def test_unreadable_images_are_replaced_logged_and_bounded(tmp_path, caplog):
     d = tmp_path / "bad"
     d.mkdir()
     _shard(d / "00000.tar", 0, 20, broken=4)
-    cfg = DataConfig(dataset="tar", path=str(d / "{00000..00000}.tar"), image_size=16, storage="lazy",
+    cfg = small.data(dataset="tar", path=str(d / "{00000..00000}.tar"), image_size=16, storage="lazy",
                      max_bad_fraction=0.1)
     imgs, _ = load_split(cfg, "train")
     with caplog.at_level("WARNING"):
@@ -110,8 +112,8 @@ def test_unreadable_images_are_replaced_logged_and_bounded(tmp_path, caplog):
 
 def test_pretrain_on_lazy_data_equals_memory(shards, make_ctx):
     pattern = str(shards / "{00000..00002}.tar")
-    data = DataConfig(dataset="tar", path=pattern, image_size=16, n_train=12, storage="memory")
-    cfg = TokenizerConfig(recipe="clip_ssl_ae", batch_size=4, steps=3, data=data, patch=4, global_crop=16,
+    data = small.data(dataset="tar", path=pattern, image_size=16, n_train=12, storage="memory")
+    cfg = small.tokenizer(recipe="clip_ssl_ae", batch_size=4, steps=3, data=data, patch=4, global_crop=16,
                           local_crop=8, warmup_steps=1)
     weights = []
     for storage in ("memory", "lazy"):

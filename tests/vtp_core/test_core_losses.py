@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vtp_core.config import TokenizerConfig
 from vtp_core.losses import DINOCenter, clip_loss, dino_loss, ibot_loss, koleo_loss
 from vtp_core.losses.gan import PatchGAN, adaptive_weight, hinge_d_loss
 from vtp_core.losses.lpips import LPIPS, convert, load_lpips, main, sha256_file
 from vtp_core.runtime import StageError
 from vtp_core.schedules import ema_momentum_at, lr_at, teacher_temp_at
+import small_configs as small
 
 
 def test_clip_loss_perfect_alignment_and_clamp():
@@ -44,23 +44,23 @@ def test_dino_ibot_koleo():
 
 
 def test_schedules():
-    cfg = TokenizerConfig(steps=100, warmup_steps=10, lr=1.0)
+    cfg = small.tokenizer(steps=100, warmup_steps=10, lr=1.0)
     assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
     assert lr_at(cfg, 100) == pytest.approx(0.0, abs=1e-9)
     assert teacher_temp_at(cfg, 0) == 0.04 and teacher_temp_at(cfg, 30) == pytest.approx(0.07)
     assert ema_momentum_at(cfg, 0) == pytest.approx(0.992) and ema_momentum_at(cfg, 100) == pytest.approx(1.0)
 
 
-def test_lpips_off_warns_and_on_needs_matching_sha(tmp_path, caplog):
+def test_lpips_off_only_when_said_and_on_needs_matching_sha(tmp_path):
     log = logging.getLogger("vtp.test")
-    with caplog.at_level("WARNING"):
-        assert load_lpips(TokenizerConfig(), log) is None
-    assert "LPIPS term OFF" in caplog.text
+    assert load_lpips(small.tokenizer(rec_loss="l1"), log) is None  # L1 only: an explicit choice
+    with pytest.raises(StageError, match="or say rec_loss: l1"):
+        load_lpips(small.tokenizer(rec_loss="l1_lpips"), log)
     path = tmp_path / "lpips_vgg16.pt"
     torch.save({k: v for k, v in LPIPS().state_dict().items() if k not in ("shift", "scale")}, path)
     with pytest.raises(StageError, match="sha256"):
-        load_lpips(TokenizerConfig(lpips_weights=str(path), lpips_sha256="0" * 64), log)
-    net = load_lpips(TokenizerConfig(lpips_weights=str(path), lpips_sha256=sha256_file(path)), log)
+        load_lpips(small.tokenizer(rec_loss="l1_lpips", lpips_weights=str(path), lpips_sha256="0" * 64), log)
+    net = load_lpips(small.tokenizer(rec_loss="l1_lpips", lpips_weights=str(path), lpips_sha256=sha256_file(path)), log)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     d = net(x, x.flip(-1))
     assert d.shape == (2,) and torch.allclose(net(x, x), torch.zeros(2))
@@ -108,7 +108,8 @@ def test_lpips_converter_maps_official_files(tmp_path, capsys):
     printed = capsys.readouterr().out
     sha = sha256_file(out)
     assert f"sha256 {sha}" in printed and f'lpips_sha256: "{sha}"' in printed and "lpips_weights: " in printed
-    net = load_lpips(TokenizerConfig(lpips_weights=str(out), lpips_sha256=sha), logging.getLogger("vtp.test"))
+    net = load_lpips(small.tokenizer(rec_loss="l1_lpips", lpips_weights=str(out), lpips_sha256=sha),
+                     logging.getLogger("vtp.test"))
     assert torch.equal(net.features[0].weight, vgg["features.0.weight"])
     assert torch.equal(net.features[28].bias, vgg["features.28.bias"])
     assert torch.equal(net.lin[3].weight, lin["lin3.model.1.weight"])
@@ -139,7 +140,7 @@ def test_lpips_converter_one_line_errors(tmp_path):
 def test_lpips_foreign_file_points_to_converter(tmp_path):
     vgg_path = tmp_path / "vgg16-397923af.pth"
     _torchvision_vgg16(vgg_path)
-    cfg = TokenizerConfig(lpips_weights=str(vgg_path), lpips_sha256=sha256_file(vgg_path))
+    cfg = small.tokenizer(rec_loss="l1_lpips", lpips_weights=str(vgg_path), lpips_sha256=sha256_file(vgg_path))
     with pytest.raises(StageError, match=r"not our LPIPS VGG16 file .*python -m vtp_core\.losses\.lpips --vgg"):
         load_lpips(cfg, logging.getLogger("vtp.test"))
 

@@ -40,7 +40,9 @@ def test_resume_is_bit_identical(recipe, tiny_cfg, make_ctx):
     if recipe == "clip_ssl_ae":
         ta, tb = load_checkpoint(full.ckpt_path)["teacher"], load_checkpoint(part.ckpt_path)["teacher"]
         assert all(torch.equal(ta[k], tb[k]) for k in ta)
-    assert metrics["steps"] == 5 and metrics["samples_seen"] == 5 * cfg.batch_size
+    from vtp_core.batches import images_per_step
+
+    assert metrics["steps"] == 5 and metrics["samples_seen"] == 5 * images_per_step(cfg)  # ae: its rec batch only
     assert metrics["tokenizer_flops"] == pytest.approx(5 * metrics["flops_per_step"])
 
 
@@ -68,11 +70,12 @@ def test_nan_loss_raises_diverged_and_keeps_last_checkpoint(tiny_cfg, make_ctx, 
 
 def test_artefact_loads_and_metrics_complete(tiny_cfg, make_ctx, caplog):
     ctx = make_ctx()
-    with caplog.at_level("WARNING"):
-        m = pretrain.run(dataclasses.replace(tiny_cfg, recipe="clip_ae", steps=2), ctx)
-    assert "LPIPS term OFF" in caplog.text
-    for key in ("final_losses", "steps", "samples_seen", "flops_per_step", "tokenizer_flops", "encoder_params", "wall_s"):
+    m = pretrain.run(dataclasses.replace(tiny_cfg, recipe="clip_ae", steps=2), ctx)
+    for key in ("final_losses", "steps", "samples_seen", "samples", "lr_peak", "flops_per_step", "tokenizer_flops",
+                "encoder_params", "wall_s"):
         assert key in m
+    assert m["samples_seen"] == 2 * tiny_cfg.batch_size and m["samples"]["ssl"] == 0
+    assert m["lr_peak"] == pytest.approx(tiny_cfg.lr)
     assert set(m["final_losses"]) >= {"rec", "clip", "total"}
     tok = load_tokenizer(ctx.out, "cpu")
     x = torch.zeros(2, 3, 32, 32)

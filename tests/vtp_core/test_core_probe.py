@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vtp_core import pretrain, probe
-from vtp_core.config import ProbeConfig
+import small_configs as small
 
 
 def test_linear_probe_separable_features():
@@ -29,7 +29,7 @@ def test_probe_stage_metrics(recipe, tiny_cfg, make_ctx, fid_services):
     tok_ctx = make_ctx("pretrain")
     pretrain.run(dataclasses.replace(tiny_cfg, recipe=recipe, steps=3), tok_ctx)
     ctx = make_ctx("probe", inputs={"pretrain": tok_ctx.out}, services=fid_services)
-    m = probe.run(ProbeConfig(n_train=200, n_test=100, probe_epochs=5), ctx)
+    m = probe.run(small.probe(n_train=200, n_test=100, probe_epochs=5), ctx)
     for k in ("linear_probe", "linear_probe_pre"):
         assert 0.0 <= m[k] <= 1.0
     assert m["linear_probe_pre"] > 0.15  # above chance (0.1) even after 3 steps
@@ -44,7 +44,7 @@ def test_probe_stage_metrics(recipe, tiny_cfg, make_ctx, fid_services):
 def test_probe_without_services_records_reason(tiny_cfg, make_ctx):
     tok_ctx = make_ctx("pretrain")
     pretrain.run(dataclasses.replace(tiny_cfg, recipe="ae", steps=1), tok_ctx)
-    m = probe.run(ProbeConfig(n_train=50, n_test=20, probe_epochs=1), make_ctx("probe", inputs={"pretrain": tok_ctx.out}))
+    m = probe.run(small.probe(n_train=50, n_test=20, probe_epochs=1), make_ctx("probe", inputs={"pretrain": tok_ctx.out}))
     assert m["rfid"]["value"] is None and m["rfid"]["reason"]
 
 
@@ -64,11 +64,12 @@ def test_class_names_for_prompts(tmp_path):
         readable_class_names(("a", "b", "c"), tmp_path)
 
 
-def test_bad_zero_shot_resize_is_a_clear_error(make_ctx):
-    from vtp_core.runtime import StageError
+def test_bad_zero_shot_resize_is_a_clear_error():
+    from vtp_core.cfg import ConfigError, load
+    from vtp_core.config import ProbeConfig
 
-    with pytest.raises(StageError, match=r"^ProbeConfig.zero_shot_resize: 'stretch'; valid: squash, center_crop$"):
-        probe.run(ProbeConfig(zero_shot_resize="stretch"), make_ctx("probe"))
+    with pytest.raises(ConfigError, match=r"^probe: zero_shot_resize: unknown value 'stretch' \(allowed: squash, center_crop\)$"):
+        load(ProbeConfig, {"zero_shot_resize": "stretch", "data": {"dataset": "fashion_mnist"}}, "probe")
 
 
 @pytest.fixture
@@ -91,12 +92,11 @@ def strips_folder(tmp_path):
 
 @pytest.mark.parametrize("storage", ["memory", "lazy"])
 def test_zero_shot_sees_squashed_images_linear_probe_centre_crops(storage, strips_folder, make_ctx, monkeypatch):
-    from vtp_core.config import DataConfig, TokenizerConfig
 
-    data = DataConfig(dataset="imagefolder", path=str(strips_folder), image_size=16, max_bad_fraction=0.3,
+    data = small.data(dataset="imagefolder", path=str(strips_folder), image_size=16, max_bad_fraction=0.3,
                       storage=storage)
     tok_ctx = make_ctx("pretrain")
-    pretrain.run(TokenizerConfig(recipe="clip_ae", batch_size=4, steps=1, data=data, global_crop=12, local_crop=8),
+    pretrain.run(small.tokenizer(recipe="clip_ae", batch_size=4, steps=1, data=data, global_crop=12, local_crop=8),
                  tok_ctx)
     seen: dict = {"features": []}
     extract, zero_shot = probe.extract_features, probe.zero_shot_accuracy
@@ -113,7 +113,7 @@ def test_zero_shot_sees_squashed_images_linear_probe_centre_crops(storage, strip
     monkeypatch.setattr(probe, "zero_shot_accuracy", spy_zero_shot)
     for mode in ("squash", "center_crop"):
         seen["features"].clear()
-        m = probe.run(ProbeConfig(n_train=8, n_test=6, probe_epochs=1, data=data, zero_shot_resize=mode),
+        m = probe.run(small.probe(n_train=8, n_test=6, probe_epochs=1, data=data, zero_shot_resize=mode),
                       make_ctx(f"probe-{mode}", inputs={"pretrain": tok_ctx.out}))
         assert m["zero_shot_resize"] == mode and 0.0 <= m["zero_shot"] <= 1.0
         crop, zs = seen["features"][1], seen["zero_shot"]  # [1]: the test subset the linear probe sees

@@ -9,12 +9,13 @@ import torch
 from vtp_core import registry
 from vtp_core.batches import CaptionTable, make_batch
 from vtp_core.data import CLASS_NAMES
-from vtp_core.config import RECIPES, TokenizerConfig
+from vtp_core.config import RECIPES
 from vtp_core.data import load_train
 from vtp_core.models.vit import PixelDecoder, ViTEncoder
 from vtp_core.models.text import TextTower
 from vtp_core.objectives import Teacher, active_objectives, step_losses
 from vtp_core.tokenizer import Tokenizer
+import small_configs as small
 
 PAPER_ENCODER_PARAMS = {"S": 21.6e6, "B": 85.7e6, "L": 303.5e6}  # METHOD.md §1.6 (patch 16)
 
@@ -64,7 +65,7 @@ def test_register_and_errors():
 @pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("heads_read", ["pre_bottleneck", "bottleneck"])
 def test_tiny_recipe_forward_backward(recipe, heads_read):
-    cfg = TokenizerConfig(recipe=recipe, heads_read=heads_read, batch_size=8)
+    cfg = small.tokenizer(recipe=recipe, heads_read=heads_read, batch_size=8)
     torch.manual_seed(0)
     model = Tokenizer(cfg)
     teacher = Teacher(model) if model.lambda_ssl else None

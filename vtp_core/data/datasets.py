@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import os
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from vtp_core.data.captions import CLASS_NAMES, readable_class_names
 from vtp_core.runtime import StageError
 
 FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
-DATASETS = ("fashion_mnist", "imagefolder", "tar")
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
@@ -63,11 +63,53 @@ def _fashion_mnist(root: str, split: str, size: int) -> tuple[np.ndarray, np.nda
     return imgs, labels
 
 
+@functools.lru_cache(maxsize=16)
+def _fmnist_checksum(root: str, stamps: tuple) -> str:
+    h = hashlib.sha256()
+    for split in ("train", "test"):
+        for name in _FILES[split]:
+            h.update(f"{name}\n".encode())
+            h.update((Path(root) / name).read_bytes())
+    return h.hexdigest()
+
+
+def dataset_checksum(cfg: DataConfig) -> str:
+    """The identity of the data `cfg` names (what `DataConfig.checksum` holds): for Fashion-MNIST the sha256 of
+    its four files, for user data `index.dataset_manifest` (the manifests of its splits). StageError when the
+    data is missing."""
+    if cfg.dataset == "fashion_mnist":
+        root = fmnist_dir(cfg)
+        files = [root / f for split in ("train", "test") for f in _FILES[split]]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise StageError(f"Fashion-MNIST file {missing[0]} not found: `apt-get install dataset-fashion-mnist` "
+                             f"or set DataConfig.path / VTP_FMNIST_DIR")
+        return _fmnist_checksum(str(root), tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    from vtp_core.data.index import dataset_manifest
+
+    return dataset_manifest(cfg.path, cfg.dataset)
+
+
+FMNIST_SIZES = {"train": 60000, "test": 10000}
+
+
+def split_size(cfg: DataConfig, split: str) -> int:
+    """Images in a split (from the data index for user data; nothing is decoded)."""
+    if cfg.dataset == "fashion_mnist":
+        return FMNIST_SIZES[split]
+    from vtp_core.data.index import load_index
+
+    return len(load_index(cfg.path, cfg.dataset, split))
+
+
 def load_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Whole split ('train' | 'test') as (uint8 (N,S,S,3), int64 (N,)), read-only, cached."""
     if split not in _FILES:
         raise StageError(f"unknown split '{split}'; valid: train, test")
     if cfg.dataset == "fashion_mnist":
+        from vtp_core.data.folders import check_manifest
+
+        check_manifest(cfg)
         return _fashion_mnist(str(fmnist_dir(cfg)), split, cfg.image_size)
     ld = _folder(cfg, split)
     return ld.images, ld.labels
@@ -87,9 +129,6 @@ def class_names(cfg: DataConfig, split: str = "train") -> tuple[str, ...]:
     return readable_class_names(_folder(cfg, split).class_names, Path(cfg.path) if "{" not in cfg.path else None)
 
 
-STORAGES = ("auto", "memory", "lazy")
-
-
 @functools.lru_cache(maxsize=4)
 def _folder(cfg: DataConfig, split: str):
     """User data of one split: decoded into memory (`folders.Loaded`) or read lazily (same fields)."""
@@ -97,10 +136,6 @@ def _folder(cfg: DataConfig, split: str):
     from vtp_core.data.index import load_index
     from vtp_core.data.lazy import LazyCaptions, LazyImages
 
-    if cfg.dataset not in DATASETS:
-        raise StageError(f"DataConfig.dataset: '{cfg.dataset}'; valid: {', '.join(DATASETS)}")
-    if cfg.storage not in STORAGES:
-        raise StageError(f"DataConfig.storage: '{cfg.storage}'; valid: {', '.join(STORAGES)}")
     index = load_index(cfg.path, cfg.dataset, split)
     decoded_gb = len(index) * cfg.image_size ** 2 * 3 / 1e9
     lazy = cfg.storage == "lazy" or (cfg.storage == "auto" and decoded_gb > float(os.environ.get("VTP_DECODED_MAX_GB", 8)))
@@ -110,7 +145,7 @@ def _folder(cfg: DataConfig, split: str):
         return ld
     if len(index) == 0:
         raise StageError(f"DataConfig.path: no images under {index.root}")
-    check_manifest(cfg, index)
+    check_manifest(cfg)
     labels = np.asarray(index.label).astype(np.int64)
     return Loaded(LazyImages(index, cfg.image_size, cfg.max_bad_fraction), labels, LazyCaptions(index),
                   index.class_names, [], index.manifest_sha256, index, np.arange(len(index), dtype=np.int64))

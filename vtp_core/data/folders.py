@@ -9,8 +9,10 @@ decoded once, centre-cropped and resized to `image_size` (ADM `center_crop_arr`)
 as uint8 NHWC, like Fashion-MNIST (the laptop/small-cluster path; `data/lazy.py` is the other).
 The one other preprocessing is `squash_arr` (the whole image resized to a square, no crop): VTP's
 zero-shot protocol (METHOD.md §5.8) uses it, the linear probe and rFID use the centre crop (§5.7).
-Unreadable images are skipped, counted and logged by path; more than `max_bad_fraction` stops the
-stage. `DataConfig.checksum`, when set, must equal the sha256 of the (name, size) manifest.
+Unreadable images are replaced by the next readable one (i+1, i+2, ..., wrapping), as `data/lazy.py`
+does, so `storage: memory` and `storage: lazy` give the same image, label and caption at every position;
+they are counted and logged by path, and more than `max_bad_fraction` stops the stage.
+`DataConfig.checksum`, when set, must equal the sha256 of the (name, size) manifest.
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ class Loaded:
     bad: list[str]
     manifest_sha256: str
     index: DataIndex | None = None  # where the images come from (to re-decode them another way)
-    ids: np.ndarray | None = None  # int64 (N,): position in `index` of each image (unreadable ones skipped)
+    # int64 (N,): position in `index` of the image decoded at each position: i itself, or for an unreadable
+    # image the next readable one that replaces it (lazy storage: i, replaced when decoded; same pixels)
+    ids: np.ndarray | None = None
 
 
 def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
@@ -98,27 +102,38 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def load_folder_split(cfg: DataConfig, split: str, index: DataIndex | None = None) -> Loaded:
-    """Every image of the split decoded into memory; unreadable ones skipped, counted and logged."""
+    """Every image of the split decoded into memory. An unreadable image i is replaced by the next readable
+    one (i+1, i+2, ..., wrapping: the rule of `lazy.LazyImages`), counted and logged by path; position i
+    keeps its own label and caption (as with lazy storage), so the storage changes no number."""
     index = index or load_index(cfg.path, cfg.dataset, split)
     total = len(index)
     if total == 0:
         raise StageError(f"DataConfig.path: no images under {index.root}")
-    images, keep, bad = [], [], []
-    for i, img in enumerate(decode_many(index, range(total), cfg.image_size)):
+    decoded = decode_many(index, range(total), cfg.image_size)
+    bad = []
+    for i, img in enumerate(decoded):
         if isinstance(img, Exception):
             bad.append(index.source(i))
-            log.warning("data: skipping unreadable image %s (%s)", bad[-1], type(img).__name__)
-            continue
-        images.append(img)
-        keep.append(i)
+            log.warning("data: unreadable image %s replaced by the next readable one (%s)", bad[-1],
+                        type(img).__name__)
     check_bad_fraction(bad, total, cfg.max_bad_fraction, index.root)
-    check_manifest(cfg, index)
-    labels = np.asarray(index.label)[keep].astype(np.int64)
-    captions = [default_caption(index.caption(i), lab, index.class_names) for i, lab in zip(keep, labels)]
+    if len(bad) == total:
+        raise StageError(f"{index.root}: no readable image at all")
+    check_manifest(cfg)
+    ids = np.empty(total, dtype=np.int64)  # the next readable position at or after i, wrapping
+    nxt = -1
+    for j in range(2 * total - 1, -1, -1):
+        if not isinstance(decoded[j % total], Exception):
+            nxt = j % total
+        if j < total:
+            ids[j] = nxt
+    labels = np.asarray(index.label).astype(np.int64)
+    captions = [default_caption(index.caption(i), lab, index.class_names) for i, lab in enumerate(labels)]
     if bad:
-        log.warning("data: %d of %d images under %s unreadable and skipped", len(bad), total, index.root)
-    return Loaded(np.ascontiguousarray(np.stack(images)), labels, captions, index.class_names, bad,
-                  index.manifest_sha256, index, np.asarray(keep, dtype=np.int64))
+        log.warning("data: %d of %d images under %s unreadable, each replaced by the next readable one",
+                    len(bad), total, index.root)
+    images = np.ascontiguousarray(np.stack([decoded[j] for j in ids]))
+    return Loaded(images, labels, captions, index.class_names, bad, index.manifest_sha256, index, ids)
 
 
 def check_bad_fraction(bad: list[str], total: int, max_fraction: float, where) -> None:
@@ -127,10 +142,17 @@ def check_bad_fraction(bad: list[str], total: int, max_fraction: float, where) -
                          f"(first: {', '.join(bad[:5])})")
 
 
-def check_manifest(cfg: DataConfig, index: DataIndex) -> None:
-    if cfg.checksum and cfg.checksum != index.manifest_sha256:
-        raise StageError(f"DataConfig.checksum: {index.root} manifest sha256 is {index.manifest_sha256}, "
-                         f"config says '{cfg.checksum}'")
+def check_manifest(cfg: DataConfig, index: DataIndex | None = None) -> None:
+    """The data a stage reads must be the data it was planned on: `cfg.checksum` (the planner fills it in)
+    against the dataset's manifest now."""
+    if not cfg.checksum:
+        return
+    from vtp_core.data.datasets import dataset_checksum
+
+    now = dataset_checksum(cfg)
+    if cfg.checksum != now:
+        raise StageError(f"DataConfig.checksum: {cfg.path or cfg.dataset} has manifest sha256 {now}, the study "
+                         f"was planned on '{cfg.checksum}' (the data changed: re-plan, or point path back)")
 
 
 def default_caption(cap: str | None, label: int, names: tuple[str, ...]) -> str:

@@ -238,6 +238,23 @@ def load_index(path: str, dataset: str, split: str) -> DataIndex:
     return DataIndex(Path(meta["root"]), meta["files"], tuple(meta["class_names"]), meta["manifest_sha256"], cols)
 
 
+def dataset_manifest(path: str, dataset: str) -> str:
+    """The identity of a whole dataset, `DataConfig.checksum`: for a shard pattern, its (train) manifest
+    sha256; for a folder, the sha256 of its splits' manifests ("train:<sha>" and "test:<sha>" lines, for the
+    splits it has). Builds or reads the cached indexes; a missing path raises StageError."""
+    if dataset == "tar" and "{" in path:
+        return load_index(path, dataset, "train").manifest_sha256
+    lines = []
+    for split in ("train", "test"):
+        try:
+            lines.append(f"{split}:{load_index(path, dataset, split).manifest_sha256}")
+        except StageError:
+            continue  # that split is not there
+    if not lines:
+        split_dir(path, dataset, "train")  # raises the one-line "no train folder" error
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     """`python -m vtp_core.data.index --dataset tar --path '/d/{00000..00099}.tar'` builds (or reads) the
@@ -262,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n_cap = int((np.asarray(index.cap_file) >= 0).sum())
     print(f"{len(index)} images under {index.root} ({n_cap} with captions, {len(index.class_names)} classes)")
-    print(f"data.checksum: {index.manifest_sha256}")
+    print(f"{args.split} split manifest sha256: {index.manifest_sha256}")
+    print(f"data.checksum: {dataset_manifest(args.path, args.dataset)}  (the whole dataset: pin it in the study)")
     if args.decode:
         from tqdm.auto import tqdm
 

@@ -11,7 +11,9 @@ import torch
 
 def normalize(images: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
     """uint8 (N,H,W,3) -> float32 (N,3,H,W) in [-1, 1] on `device`."""
-    t = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    if isinstance(images, np.ndarray):  # read-only arrays (cached splits) are copied: torch wants writable memory
+        images = np.ascontiguousarray(images) if images.flags.writeable else np.array(images)
+    t = torch.as_tensor(images)
     if t.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 NHWC images, got {t.dtype}")
     return t.to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()

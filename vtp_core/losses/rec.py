@@ -1,9 +1,9 @@
-"""Reconstruction loss L_rec = L1 + λ_lpips·LPIPS in [-1, 1] pixel space (METHOD.md §2.1).
+"""Reconstruction loss L_rec = L1 + λ_lpips·LPIPS in [-1, 1] pixel space (the paper's eq. 1).
 
-LPIPS needs VGG16 weights that must not be downloaded at run time: it is used only when the user
-points `TokenizerConfig.lpips_weights` at a file whose sha256 matches `lpips_sha256` (made from the
-official torchvision VGG16 + lpips heads by `python -m vtp_core.losses.lpips`); otherwise the
-trainer logs a warning that the perceptual term is off (never silently).
+LPIPS needs VGG16 weights that must not be downloaded at run time: `TokenizerConfig.rec_loss: l1_lpips` (the
+default) needs `lpips_weights` (a file made from the official torchvision VGG16 + lpips heads by
+`python -m vtp_core.losses.lpips`) whose sha256 is `lpips_sha256`; a study without them must say
+`rec_loss: l1`, and validation refuses it otherwise.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import RotaryEmbeddingCat, RotaryEmbeddingDinoV3
 
+from vtp_core.config import QKV_BIAS
 from vtp_core.models.linear import Linear, linear
 
 
@@ -262,15 +263,22 @@ class SwiGLU(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head self-attention via SDPA on views of the qkv projection, RoPE on q and k (`_SplitHeads`).
-    `k_bias=False` is the EVA/DINOv3 variant: q and v biases only (DINOv3 masks the k bias out)."""
+    `qkv_bias`: "qkv" biases on q, k and v (the released VTP/DINOv3 blocks); "qv" the EVA variant with the k
+    bias masked out; "none". `qk_norm`: RMSNorm over the head dim on q and k (a learned scale each), before
+    RoPE, as the VTP paper's QKNorm."""
 
-    def __init__(self, dim: int, heads: int, k_bias: bool = True):
+    def __init__(self, dim: int, heads: int, qkv_bias: str = "qkv", qk_norm: bool = False):
         super().__init__()
+        if qkv_bias not in QKV_BIAS:
+            raise ValueError(f"qkv_bias={qkv_bias!r}; valid: {', '.join(QKV_BIAS)}")
         self.heads = heads
-        self.qkv = Linear(dim, 3 * dim, bias=k_bias)
-        if not k_bias:
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias == "qkv")
+        if qkv_bias == "qv":
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
+        if qk_norm:
+            self.q_norm = RmsNorm(dim // heads, eps=1e-5)
+            self.k_norm = RmsNorm(dim // heads, eps=1e-5)
         self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, is_causal: bool = False,
@@ -278,32 +286,56 @@ class Attention(nn.Module):
         """`in_scale` (D,): a per-input-channel scale folded into the qkv weight (`Block`)."""
         b, n, d = x.shape
         bias = self.qkv.bias
-        if bias is None:
+        if bias is None and hasattr(self, "q_bias"):
             q_bias = self.q_bias  # the masked k bias: a cached zero vector, or a traced one under torch.compile
             zeros = torch.zeros_like(q_bias) if torch.compiler.is_compiling() else _zeros(d, q_bias.device, q_bias.dtype)
             bias = torch.cat([q_bias, zeros, self.v_bias])
-        qkv = linear(x, _scaled(self.qkv.weight, in_scale), bias)
-        q, k, v = split_heads(qkv.view(b, n, 3, self.heads, d // self.heads), rope, True)
+        qkv = linear(x, _scaled(self.qkv.weight, in_scale), bias).view(b, n, 3, self.heads, d // self.heads)
+        if hasattr(self, "q_norm"):  # a fresh stacked tensor: `split_heads` may still rotate it in place
+            qkv = torch.stack([self.q_norm(qkv[:, :, 0]), self.k_norm(qkv[:, :, 1]), qkv[:, :, 2]], dim=2)
+        q, k, v = split_heads(qkv, rope, True)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
 class Block(nn.Module):
     """Pre-norm block x + attn(norm1(x)), x + mlp(norm2(x)) as timm's EvaBlock with SwiGLU (no layer
-    scale, no drop path), EVA attention biases (q, v)."""
+    scale), with DINOv2's sample-drop stochastic depth: while training with `drop_rate` r > 0, each residual
+    branch runs on a random subset of keep = max(1, int(B·(1-r))) samples and is added back scaled by B/keep
+    (the others skip it). The subset comes from torch's global generator, which checkpoints save."""
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, norm_layer):
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, norm_layer, qkv_bias: str = "qkv",
+                 qk_norm: bool = False):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, heads, k_bias=False)
+        self.attn = Attention(dim, heads, qkv_bias=qkv_bias, qk_norm=qk_norm)
         self.norm2 = norm_layer(dim)
         self.mlp = SwiGLU(dim, mlp_hidden)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+    def _attn(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         h, scale = _norm_for(self.norm1, x, self.attn.qkv.out_features)
-        x = x + self.attn(h, rope, in_scale=scale)
+        return self.attn(h, rope, in_scale=scale)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         h, scale = _norm_for(self.norm2, x, 2 * self.mlp.fc1_g.out_features)
-        return x + self.mlp(h, in_scale=scale)
+        return self.mlp(h, in_scale=scale)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, drop_rate: float = 0.0) -> torch.Tensor:
+        if self.training and drop_rate > 0 and x.shape[0] > 1:
+            x = sample_drop_add(x, lambda s: self._attn(s, rope), drop_rate)
+            return sample_drop_add(x, self._mlp, drop_rate)
+        x = x + self._attn(x, rope)
+        return x + self._mlp(x)
+
+
+def sample_drop_add(x: torch.Tensor, branch, rate: float) -> torch.Tensor:
+    """x + branch(x) for a random keep = max(1, int(B·(1-rate))) of the B samples, scaled by B/keep; the
+    others pass unchanged (DINOv2 `drop_add_residual_stochastic_depth`)."""
+    b = x.shape[0]
+    keep = max(1, int(b * (1 - rate)))
+    idx = torch.randperm(b, device=x.device)[:keep]
+    out = branch(x[idx])
+    return torch.index_add(x.flatten(1), 0, idx, out.flatten(1).to(x.dtype), alpha=b / keep).view_as(x)
 
 
 def _scaled(weight: torch.Tensor, in_scale: torch.Tensor | None) -> torch.Tensor:
