@@ -21,7 +21,7 @@ A ?= ae
 B ?= clip_ssl_ae
 KILLS ?= 10
 
-.PHONY: help install demo test sweep status collect report compare tune faults mlflow-ui bench slurm-up slurm-down clean-results
+.PHONY: help install demo test sweep rehearse status collect report compare tune faults mlflow-ui bench slurm-up slurm-down clean-results
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test: install ## run the test suite (installs Debian chromium for the report scr
 
 sweep: install ## run a study: SCALE=<study> [EXECUTOR=local] [DRY=1] [DEVICE=cpu]
 	$(CLI) sweep $(SCALE) $(SWEEP_FLAGS)
+
+rehearse: install ## a study end to end in miniature on this CPU, its invariants checked: SCALE=<study>
+	$(PY) -m cluster.rehearse $(SCALE) --results $(RESULTS)/rehearse
 
 status: install ## counts per stage and status, and every failure's reason: SCALE=<study>
 	$(CLI) status $(SCALE)
