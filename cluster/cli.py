@@ -92,6 +92,10 @@ def cmd_sweep(args) -> int:
         raise SpecError(f"EXECUTOR={args.executor}: unknown executor (allowed: {', '.join(EXECUTORS)})")
     p = _load(args.scale)
     store = _store(args)
+    if args.executor == "ray":  # refused before the dry run's table too: it would not run as planned
+        from cluster.ray_exec import check_one_gpu_per_stage
+
+        check_one_gpu_per_stage(p, p.study.resources)
     if args.dry:
         print_dry_run(p, store)
         if args.executor == "slurm":

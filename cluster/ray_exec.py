@@ -24,6 +24,22 @@ from cluster.store import Store
 BAD = ("failed", "diverged", "preempted")
 
 
+def check_one_gpu_per_stage(plan, res: Mapping[str, Any]) -> None:
+    """A Ray task is one process on (at most) one GPU here: a stage that asks for more is refused before Ray
+    starts, never run on one GPU with the rest idle. Multi-GPU data parallelism runs under EXECUTOR=slurm."""
+    from sweeps.errors import SpecError
+
+    for kind in sorted({st.kind for st in plan.stages.values()}):
+        r = resources_for(res, kind)
+        tasks, nodes, gpus = r.get("tasks_per_node", 1), r.get("nodes", 1), r.get("gpus_per_node") or 0
+        if tasks * nodes > 1 or gpus > 1:
+            raise SpecError(
+                f"{getattr(plan.study, 'path', 'study')}: resources.{kind}: asks for {nodes} node(s) x "
+                f"{tasks} task(s) x {gpus} GPU(s); EXECUTOR=ray runs each stage as one process on at most one "
+                f"GPU (use EXECUTOR=slurm for data-parallel stages, or give {kind} tasks_per_node: 1, "
+                f"gpus_per_node: 1)")
+
+
 def _run_one(root: str, stage, entries: Mapping[str, str], device: str | None) -> str:
     """Body of the Ray task (a worker process): run_stage with the shared status protocol."""
     import ray
@@ -53,6 +69,7 @@ def run_ray(plan, store: Store, resources: Mapping | None = None, *, num_cpus: i
     store = Store(Path(store.root).resolve())
     res = validate_resources(getattr(plan.study, "resources", {}) if resources is None else resources,
                              kinds=set(stage_kinds()) | set(entries or {}) | {s.kind for s in plan.stages.values()})
+    check_one_gpu_per_stage(plan, res)
     started = False
     if not ray.is_initialized():
         kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)

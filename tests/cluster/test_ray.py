@@ -53,6 +53,27 @@ def test_ray_resources_typo_refused_before_ray_starts(tmp_path):
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize("fields", [{"tasks_per_node": 8, "gpus_per_node": 8}, {"gpus_per_node": 4},
+                                    {"nodes": 2}])
+def test_multi_gpu_stage_refused_under_ray_before_ray_starts(tmp_path, fields):
+    """Ray runs a stage as one process: a stage asking for N GPUs is refused, never run on one of them."""
+    from cluster.ray_exec import run_ray
+
+    with pytest.raises(SpecError, match=r"resources.fake: asks for .* EXECUTOR=ray runs each stage as one process"):
+        run_ray(fake_stages.make_plan(1), Store(tmp_path), {"fake": fields}, entries=ENTRIES)
+    assert not ray.is_initialized()
+
+
+def test_cli_refuses_a_multi_gpu_study_under_ray(write_study, tmp_path, capsys):
+    from cluster.cli import main
+
+    path = write_study("resources: {pretrain: {tasks_per_node: 8, gpus_per_node: 8}}\n")
+    assert main(["--results", str(tmp_path / "r"), "sweep", str(path), "--executor", "ray", "--dry"]) == 2
+    err = capsys.readouterr().err
+    assert "resources.pretrain: asks for 1 node(s) x 8 task(s) x 8 GPU(s)" in err and "\n" not in err.strip()
+    assert main(["--results", str(tmp_path / "r"), "sweep", str(path), "--dry"]) == 0  # the local dry run plans it
+
+
 @pytest.mark.slow
 def test_tune_lr_asha_picks_an_lr_and_writes_yaml(tmp_path, monkeypatch, request):
     import yaml
