@@ -305,7 +305,9 @@ def submit_slurm(plan, store: Store, resources: Mapping | None = None, *, folder
         params = dict(name=f"vtp-{kind}", timeout_min=r["timeout_min"], nodes=r["nodes"],
                       tasks_per_node=r["tasks_per_node"], cpus_per_task=r["cpus_per_task"],
                       slurm_array_parallelism=r["array_parallelism"], slurm_additional_parameters=extra,
-                      slurm_setup=env_lines)
+                      slurm_setup=env_lines,
+                      # one task that dies ends the job's other tasks at once (they would wait in a collective)
+                      slurm_srun_args=["--kill-on-bad-exit=1"])
         for k in ("mem_gb", "gpus_per_node"):
             if r.get(k) is not None:
                 params[k] = r[k]

@@ -61,13 +61,26 @@ def setup(device: str) -> str:
     return device
 
 
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def timeout_s() -> float:
+    """How long a rank waits in a collective for a peer that stalled: VTP_DIST_TIMEOUT_S (default 300 s, a
+    few minutes: longer than any step, short enough that a job does not sit on its GPUs for half an hour).
+    A peer that dies outright is noticed at once: its sockets close and the next collective fails."""
+    return float(os.environ.get("VTP_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+
+
 def init_process_group(cuda: bool) -> None:
     """env:// rendezvous; gloo beside nccl on CUDA because the stop/NaN flags are small CPU tensors.
-    VTP_DIST_TIMEOUT_S (default 1800) bounds how long a rank waits for a peer that died."""
+    NCCL's async error handling tears the process down when a collective fails or exceeds `timeout_s`
+    (instead of leaving the other ranks blocked in a kernel); under SLURM, srun --kill-on-bad-exit ends
+    the job's other tasks when one exits non-zero (cluster.slurm)."""
     from datetime import timedelta
 
-    timeout = timedelta(seconds=float(os.environ.get("VTP_DIST_TIMEOUT_S", "1800")))
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
+    if cuda:
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s()))
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device, **kw) -> torch.nn.Module:
