@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from vtp_core.cfg import versioned_dict
 
 CODE_VERSION: dict[str, int] = {
-    "pretrain": 2, "probe": 1, "extractor": 1, "refstats": 2,
+    "pretrain": 3, "probe": 1, "extractor": 1, "refstats": 2,
     "latents": 1, "dit": 1, "sample": 1, "fid": 1,
 }
 

@@ -2,7 +2,8 @@
 
 Why: exact resume needs no data-loader state beyond the step counter. Sample order walks
 epoch-wise permutations seeded by (seed, epoch); every random draw of step s (subsets, crops, masks,
-caption templates) comes from a generator seeded by (seed, s).
+caption templates) comes from a generator seeded by (seed, s), drawn for the whole global batch as
+numbers; each rank then materialises only its own slice (`make_batch`).
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import numpy as np
 import torch
 
 from vtp_core.config import RECIPES, TokenizerConfig
-from vtp_core.distributed import shard
+from vtp_core.distributed import rank, world_size
 from vtp_core.data import TEMPLATES, caption, class_names, load_train_captions, normalize
-from vtp_core.data.views import block_masks, multi_crop
+from vtp_core.data.views import block_mask, crop_draws, crop_from, mask_plan
 from vtp_core.models.text import tokenize
 
 
@@ -68,18 +69,18 @@ class CaptionTable:
         caps = [caption(c, t, names) for t in range(len(TEMPLATES)) for c in range(len(names))]
         self.ids = tokenize(caps, context_length).view(len(TEMPLATES), len(names), context_length)
 
-    def __call__(self, idx: np.ndarray, labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        t = torch.randint(0, self.ids.shape[0], (labels.shape[0],), generator=g)
-        return self.ids[t, labels]
+    def __call__(self, idx: np.ndarray, labels: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """Token ids of the images `idx`; `draws` (one integer per image) pick each image's template."""
+        return self.ids[draws % self.ids.shape[0], labels]
 
 
 class CaptionList:
-    """Per-image captions (user data), tokenised per batch."""
+    """Per-image captions (user data), tokenised per batch (each rank its own slice)."""
 
     def __init__(self, captions: list[str], context_length: int):
         self.captions, self.context_length = captions, context_length
 
-    def __call__(self, idx: np.ndarray, labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, idx: np.ndarray, labels: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         return tokenize([self.captions[i] for i in idx], self.context_length)
 
 
@@ -89,29 +90,66 @@ def caption_source(data_cfg, context_length: int) -> CaptionTable | CaptionList:
     return CaptionTable(class_names(data_cfg), context_length) if caps is None else CaptionList(caps, context_length)
 
 
+def _mine(n: int) -> slice:
+    """This rank's contiguous share of n positions (n must divide by the world size)."""
+    w, r = world_size(), rank()
+    if n % w:
+        raise ValueError(f"batch dimension {n} is not divisible by WORLD_SIZE={w}")
+    k = n // w
+    return slice(r * k, (r + 1) * k)
+
+
 def make_batch(cfg: TokenizerConfig, images: np.ndarray, labels: np.ndarray, step: int, active: tuple[str, ...],
                captions: CaptionTable | CaptionList | None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """All sub-batches of one step on `device` (images float NCHW in [-1, 1]); this rank's slice under DDP."""
+    """This rank's slice of every sub-batch of one step, on `device` (images float NCHW in [-1, 1]).
+
+    Everything random about the step is drawn first, for the whole global batch, as numbers: which images
+    (`sample_indices`), the rec and SSL subsets, one row of crop uniforms per SSL view, the iBOT mask plan and
+    a seed per masked crop, a template draw per caption. A rank then decodes only the images its slices
+    use and makes only their views, masks and captions: the union over ranks is the world-size-1 batch, and
+    host memory per rank is O(global batch / world size)."""
     g = _gen(cfg.seed, 2, step)
     draw = images_per_step(cfg)
     idx = sample_indices(len(images), draw, cfg.seed, step)
-    x = normalize(images[idx])
     b_ssl, b_rec = sub_batch_sizes(cfg)
-    batch: dict[str, torch.Tensor] = {}
     rec_sel = torch.randperm(draw, generator=g)[:b_rec]
     ssl_sel = torch.randperm(draw, generator=g)[:b_ssl]
+    parts: dict[str, torch.Tensor] = {}
     if "rec" in active:
-        batch["rec_images"] = shard(x[rec_sel])
+        parts["rec"] = rec_sel[_mine(b_rec)]
     if "clip" in active:
-        batch["clip_images"] = shard(x)
-        batch["clip_text"] = shard(captions(idx, torch.from_numpy(labels[idx]), g))
-    if "ssl" in active:  # views and masks of the whole SSL subset, then this rank's images of each view
-        glob, loc = multi_crop(x[ssl_sel], g, cfg.global_crop, cfg.local_crop, cfg.n_local_crops,
-                               tuple(cfg.global_crop_scale), tuple(cfg.local_crop_scale))
+        clip_mine = _mine(draw)
+        parts["clip"] = torch.arange(draw)[clip_mine]
+        templates = torch.randint(0, 1 << 30, (draw,), generator=g)
+    if "ssl" in active:
+        ssl_mine = _mine(b_ssl)
+        parts["ssl"] = ssl_sel[ssl_mine]
+        n_views = 2 + cfg.n_local_crops
+        crop_u = crop_draws(n_views * b_ssl, g).view(n_views, b_ssl, 5)
+        plan = mask_plan(2 * b_ssl, g, tuple(cfg.mask_ratio), cfg.mask_probability)
+        mask_seeds = torch.randint(0, 1 << 62, (2 * b_ssl,), generator=g)
+    need = torch.unique(torch.cat(list(parts.values())))  # sorted positions in the draw
+    x = normalize(images[idx[need.numpy()]])  # decodes lazily read images here, only this rank's
+    pix = lambda pos: x[torch.searchsorted(need, pos)]  # noqa: E731
+    batch: dict[str, torch.Tensor] = {}
+    if "rec" in active:
+        batch["rec_images"] = pix(parts["rec"])
+    if "clip" in active:
+        pos = parts["clip"].numpy()
+        batch["clip_images"] = pix(parts["clip"])
+        batch["clip_text"] = captions(idx[pos], torch.from_numpy(np.asarray(labels[idx[pos]])), templates[clip_mine])
+    if "ssl" in active:  # this rank's images of each view: [view0 of its images, view1 of its images]
+        xs, u = pix(parts["ssl"]), crop_u[:, ssl_mine]
+        glob = torch.cat([crop_from(xs, cfg.global_crop, u[v], tuple(cfg.global_crop_scale)) for v in (0, 1)])
+        loc = [crop_from(xs, cfg.local_crop, u[2 + v], tuple(cfg.local_crop_scale)) for v in range(cfg.n_local_crops)]
+        loc = torch.cat(loc) if loc else xs.new_zeros(0, xs.shape[1], cfg.local_crop, cfg.local_crop)
         side = cfg.global_crop // cfg.patch
-        masks = block_masks(glob.shape[0], side, side, g, tuple(cfg.mask_ratio), cfg.mask_probability)
-        per_view = lambda v: torch.cat([shard(c) for c in v.split(b_ssl)]) if len(v) else v  # noqa: E731
-        batch.update(global_views=per_view(glob), local_views=per_view(loc), **mask_tensors(per_view(masks)))
+        crops = [v * b_ssl + j for v in (0, 1) for j in range(b_ssl)[ssl_mine]]
+        masks = torch.zeros(len(crops), side * side, dtype=torch.bool)
+        for row, c in enumerate(crops):
+            if plan[c] > 0:
+                masks[row] = block_mask(side, side, float(plan[c]), torch.Generator().manual_seed(int(mask_seeds[c])))
+        batch.update(global_views=glob, local_views=loc, **mask_tensors(masks))
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 

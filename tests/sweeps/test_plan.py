@@ -111,9 +111,10 @@ def test_pinned_ids_of_default_configs():
     purpose (a new versioned field or a CODE_VERSION bump), in the same commit as the cause."""
 
     # pretrain: changed from pretrain-t-be9601bb0e when the method's fields (qk_norm, qkv_bias, per-objective drop
-    # rates, rec_loss, adam_eps, warmup_fraction) were added and CODE_VERSION["pretrain"] became 2
-    assert stage_id("pretrain", "t", small.tokenizer()) == "pretrain-t-8bcc5014c3"
-    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-4027de081c"  # the method's defaults
+    # rates, rec_loss, adam_eps, warmup_fraction) were added (CODE_VERSION 2), then when each rank began to
+    # draw its own slice's views from per-sample numbers (CODE_VERSION 3)
+    assert stage_id("pretrain", "t", small.tokenizer()) == "pretrain-t-07ad1663f2"
+    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-1b2d83aa77"  # the method's defaults
     assert stage_id("dit", "t", small.dit(), ["latents-x"]) == "dit-t-d72ff9ce20"
     # probe: changed from probe-t-265c4ada62 when zero_shot_resize (zero-shot preprocessing) was added
     assert stage_id("probe", "t", small.probe()) == "probe-t-b72cc7526c"

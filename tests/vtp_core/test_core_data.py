@@ -80,3 +80,49 @@ def test_batches_are_a_function_of_seed_and_step():
     # epochs: every sample once per epoch, order reshuffled per epoch
     first = np.concatenate([sample_indices(40, 16, 0, s) for s in range(5)])
     assert sorted(first[:40]) == list(range(40)) and sorted(first[40:80]) == list(range(40))
+
+
+class _Counting:
+    """An image array that counts the images it hands out (as a lazily decoded split would decode them)."""
+
+    def __init__(self, imgs):
+        self.imgs, self.served = imgs, 0
+
+    def __len__(self):
+        return len(self.imgs)
+
+    def __getitem__(self, i):
+        out = self.imgs[i]
+        self.served += len(out)
+        return out
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_each_rank_materialises_only_its_slice(world, monkeypatch):
+    """The ranks' batches are slices of the world-size-1 batch (views, masks, captions included), and a rank
+    decodes and holds O(global batch / world size) of it."""
+    from vtp_core import batches
+
+    cfg = small.tokenizer(batch_size=32, recipe="clip_ssl_ae")
+    imgs, labels = load_train(dataclasses.replace(cfg.data, n_train=200))
+    caps, act = CaptionTable(CLASS_NAMES, 16), ("rec", "clip", "ssl")
+    full_src = _Counting(imgs)
+    full = make_batch(cfg, full_src, labels, 7, act, caps)
+    parts, served = [], []
+    monkeypatch.setattr(batches, "world_size", lambda: world)
+    for r in range(world):
+        monkeypatch.setattr(batches, "rank", lambda r=r: r)
+        src = _Counting(imgs)
+        parts.append(make_batch(cfg, src, labels, 7, act, caps))
+        served.append(src.served)
+    for key in ("clip_images", "clip_text", "rec_images"):
+        assert torch.equal(torch.cat([p[key] for p in parts]), full[key]), key
+    for key, n_views in (("global_views", 2), ("local_views", cfg.n_local_crops), ("masks", 2)):
+        per_rank = [p[key].chunk(n_views) for p in parts]  # each rank: [view0 of its images, view1 ...]
+        whole = torch.cat([torch.cat([v[i] for v in per_rank]) for i in range(n_views)])
+        assert torch.equal(whole, full[key]), key
+    nbytes = lambda b: sum(t.numel() * t.element_size() for t in b.values())  # noqa: E731
+    assert max(nbytes(p) for p in parts) <= 1.1 * nbytes(full) / world
+    b_ssl, b_rec = batches.sub_batch_sizes(cfg)
+    assert full_src.served == 32  # one process decodes the draw once
+    assert max(served) <= (32 + b_ssl + b_rec) / world  # a rank: its CLIP, SSL and rec slices, nothing else
