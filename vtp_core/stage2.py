@@ -94,7 +94,8 @@ def train(model: Tokenizer, s2: Stage2, cfg: TokenizerConfig, ctx: StageContext,
             distributed.average_gradients(s2.disc.parameters())
             s2.opt_d.step()
         s2.step += 1
-        losses = {k: float(gl[k].detach()) for k in ("rec", "g", "gan_weight")} | {"d": float(d.detach())}
+        logged = torch.stack([gl[k].detach().float() for k in ("rec", "g", "gan_weight")] + [d.detach().float()])
+        losses = dict(zip(("rec", "g", "gan_weight", "d"), distributed.mean_across(logged).tolist()))  # global means
         on_step(losses)
         stop = distributed.any_across(ctx.stop_requested())
         if s2.step % cfg.ckpt_every == 0 or stop:
