@@ -12,9 +12,6 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from vtp_core.runtime import keep_freed_memory
-
-    keep_freed_memory()  # as the trainers' processes run (one setting for every row and both sides of each)
     wanted = argv or MODULES
     rows = []
     for name in wanted:

@@ -25,34 +25,26 @@ class DiffusersDiT(nn.Module):
         return self.net(x, timestep=t * 1000, class_labels=y).sample
 
 
-def _vs_diffusers(size: str, shape: tuple, batch: int, iters: int, rounds: int,
-                  same_gemm: bool = False) -> dict | None:
-    """`same_gemm`: the reference's Linears on our GEMMs too (`route_linears`; information)."""
+def _vs_diffusers(size: str, shape: tuple, batch: int, iters: int, rounds: int) -> dict | None:
     try:
         import diffusers  # noqa: F401
     except ImportError:
         return None
     from dit_eval import bench as b
     from dit_eval.models import create_dit
-    from vtp_core.models.linear import route_linears
 
     c, h, _ = shape
     torch.manual_seed(0)
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
-    ref = DiffusersDiT(size, c, h, 10)
-    if same_gemm:
-        route_linears(ref)
-    ours, ref, ratio = b.time_pair(create_dit(size, c, h, 10), ref, x, y, iters, rounds)
-    what = "diffusers DiT, its Linears on our GEMMs (oneDNN), information" if same_gemm else "diffusers DiT"
-    return {"bench": f"dit {size} {c}x{h}x{h} b{batch} train images/s (ref: {what}; median of {rounds} "
+    ours, ref, ratio = b.time_pair(create_dit(size, c, h, 10), DiffusersDiT(size, c, h, 10), x, y, iters, rounds)
+    return {"bench": f"dit {size} {c}x{h}x{h} b{batch} train images/s (ref: diffusers DiT; median of {rounds} "
                      f"alternated rounds)",
             "value": round(batch / ours, 2), "reference": round(batch / ref, 2), "ratio": round(ratio, 3),
-            "ok": None if same_gemm else ratio >= 0.95}
+            "ok": ratio >= 0.95}
 
 
 def run() -> list[dict]:
     from dit_eval.bench import bench_dit_train_step, rows
-    from vtp_core.models.linear import cpu_gemm
 
     out = rows(frechet_dim=2048)
     b = bench_dit_train_step(size="B/1", latent_shape=(64, 16, 16), batch_size=4, iters=1, rounds=5)
@@ -63,10 +55,7 @@ def run() -> list[dict]:
     for r in out:  # the timm-block rows are information (a plain stack does less than adaLN-Zero + RoPE);
         if r["bench"].startswith("frechet"):  # the target is the diffusers DiT rows below
             r["ok"] = bool(r["ok"]) and r["ratio"] <= 1 / 3  # target: at least 3x faster than sqrtm
-    cases = [("tiny", (8, 8, 8), 64, 5, 7), ("B/1", (64, 16, 16), 4, 1, 5)]
-    if cpu_gemm() == "onednn":  # ours' Linears run in oneDNN: the same GEMMs for the reference too, information
-        cases += [("tiny", (8, 8, 8), 64, 5, 7, True), ("B/1", (64, 16, 16), 4, 1, 5, True)]
-    for args in cases:
+    for args in [("tiny", (8, 8, 8), 64, 5, 7), ("B/1", (64, 16, 16), 4, 1, 5)]:
         row = _vs_diffusers(*args)
         if row:
             out.append(row)

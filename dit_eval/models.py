@@ -4,9 +4,9 @@ Why this exact architecture: the VTP scaling numbers are gFIDs of LightningDiT-B
 final table), so every block choice that changes the numbers is reproduced: SwiGLU MLP (hidden
 int(2/3·4·D)), RMSNorm, 2D RoPE on q/k *plus* a frozen 2D sin-cos absolute position embedding,
 adaLN-Zero with shift, class dropout with a null label (= num_classes), patch 1, no learned sigma.
-Attention (SDPA + RoPE), SwiGLU and RMSNorm are shared with the tokenizer (`vtp_core.models.layers`);
-the RoPE table (timm `RotaryEmbeddingCat`) and the sin-cos positions are timm's. Norm + modulate and
-gate + residual are single fused ops (`addcmul`), which matters on CPU, so only the wiring lives here.
+Attention (SDPA + RoPE), SwiGLU (timm's) and RMSNorm are shared with the tokenizer (`vtp_core.models.layers`);
+the RoPE (timm `RotaryEmbeddingCat`, interleaved pairs, as LightningDiT) and the sin-cos positions are timm's,
+so only the wiring lives here.
 
 Sizes are registered by name like timm (`tiny` is the CPU demo size; B/L/XL are the paper's).
 """
@@ -18,16 +18,14 @@ import torch
 import torch.nn as nn
 from timm.layers import build_sincos2d_pos_embed
 
-from vtp_core.models.layers import Attention, RmsNorm, SwiGLU, rms_norm, rope_table
-from vtp_core.models.linear import Linear
+from vtp_core.models.layers import Attention, RmsNorm, SwiGLU, eva_rope
 
 from dit_eval.sizes import DiTSize, get_size, list_sizes  # noqa: E402,F401  (re-exported: the registry)
 
 
-def norm_modulate(norm: RmsNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """norm(x) * (1 + scale) + shift with the norm weight folded into the per-sample scale (one fused op).
-    shift, scale: (B, 1, D)."""
-    return torch.addcmul(shift, rms_norm(x, None, norm.eps), norm.weight * (1 + scale))
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift, with shift and scale (B, 1, D) per sample (one pass over x)."""
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 class TimestepEmbedder(nn.Module):
@@ -36,7 +34,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, dim: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(Linear(freq_dim, dim), nn.SiLU(), Linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
@@ -51,27 +49,27 @@ class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.norm1 = RmsNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, rotate_half=False)
         self.norm2 = RmsNorm(dim, eps=1e-6)
         self.mlp = SwiGLU(dim, int(2 / 3 * 4 * dim))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
-        x = torch.addcmul(x, g1, self.attn(norm_modulate(self.norm1, x, sh1, sc1), rope))
-        return torch.addcmul(x, g2, self.mlp(norm_modulate(self.norm2, x, sh2, sc2)))
+        x = torch.addcmul(x, g1, self.attn(modulate(self.norm1(x), sh1, sc1), rope))  # x + g1 * attn(...)
+        return torch.addcmul(x, g2, self.mlp(modulate(self.norm2(x), sh2, sc2)))
 
 
 class FinalLayer(nn.Module):
     def __init__(self, dim: int, out: int):
         super().__init__()
         self.norm = RmsNorm(dim, eps=1e-6)
-        self.linear = Linear(dim, out)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-        return self.linear(norm_modulate(self.norm, x, shift, scale))
+        return self.linear(modulate(self.norm(x), shift, scale))
 
 
 class DiT(nn.Module):
@@ -129,11 +127,10 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         p, g = self.patch, self.grid
-        # token-major (B, N, D) from here on: a transposed residual stream is copied at every Linear
+        # token-major (B, N, D) memory: a transposed residual stream would be copied at every Linear
         tok = self.x_embedder(x).flatten(2).transpose(1, 2).contiguous() + self.pos_embed.to(x.dtype)
         cond = self.t_embedder(t) + self.y_embedder(self.drop_labels(y))
-        # cached per grid and device (eager); built in the graph under torch.compile
-        rope = rope_table("eva", self.size.width // self.size.heads, g, x.device, self.size.heads)
+        rope = eva_rope(self.size.width // self.size.heads, g, x.device)  # built once per grid and device
         for blk in self.blocks:
             tok = blk(tok, cond, rope)
         out = self.final_layer(tok, cond)  # (B, g*g, p*p*C)

@@ -27,7 +27,7 @@ from dit_eval.flow import flow_loss, interpolate, sample_t, training_loss, veloc
 from dit_eval.latents import LatentStore, load_latents, load_stats
 from dit_eval.models import count_params, create_dit
 from vtp_core.cfg import to_dict
-from vtp_core.runtime import (Diverged, Preempted, StageError, adamw, atomic_torch_save, keep_freed_memory,
+from vtp_core.runtime import (Diverged, Preempted, StageError, adamw, atomic_torch_save,
                               load_checkpoint, rng_state, seed_everything, set_rng_state)
 
 
@@ -89,7 +89,6 @@ def train_dit(spec, out: Path, data, stats: dict, device: str = "cpu", progress:
     """The stage body: `data` = a LatentStore or one dict {"latents","latents_flip","labels"};
     `stats` = the latents' stats.pt."""
     t0 = time.time()
-    keep_freed_memory()  # no heap trimmed and faulted back every step (vtp_core.runtime.keep_freed_memory)
     out = Path(out)
     ckpt_path = out / "ckpt" / "last.pt"
     device = distributed.setup(device)

@@ -16,8 +16,8 @@ from typing import Any, Iterable
 from vtp_core.cfg import versioned_dict
 
 CODE_VERSION: dict[str, int] = {
-    "pretrain": 3, "probe": 1, "extractor": 1, "refstats": 2,
-    "latents": 1, "dit": 1, "sample": 1, "fid": 1,
+    "pretrain": 4, "probe": 2, "extractor": 1, "refstats": 2,
+    "latents": 2, "dit": 2, "sample": 2, "fid": 1,
 }
 
 

@@ -7,6 +7,7 @@ rewrites the file; a test fails when the file and the code disagree.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +21,9 @@ SECTIONS = (("grid", Grid), ("tokenizer", TokenizerConfig), ("data / eval_data",
             ("probe", ProbeConfig), ("extractor", ExtractorConfig), ("refstats", RefStatsConfig),
             ("latents", LatentsConfig), ("dit", DiTSpec), ("sample", SampleConfig), ("fid", FIDConfig),
             ("estimate", Estimate))
-CODE_DIRS = ("vtp_core", "dit_eval", "sweeps", "cluster")
+# where a section's readers live: its own package, and the planner and dispatch that read every section
+READERS = {"vtp_core": ("vtp_core", "sweeps", "cluster"), "dit_eval": ("dit_eval", "sweeps", "cluster"),
+           "sweeps": ("sweeps", "cluster")}
 SKIP_FILES = ("config.py", "method_doc.py", "schema.py")
 
 HEADER = """# The method, field by field
@@ -50,15 +53,23 @@ Choices the paper leaves open, and what the suite does:
 """
 
 
-def _used_in(name: str) -> str:
+def _tracked(dirs: tuple[str, ...]) -> list[Path]:
+    """The committed Python files under `dirs` (git's index, not a directory walk: the page must come out
+    the same in a fresh clone as in a working tree with stray files)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--", *(f"{d}/*.py" for d in dirs)], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: every file there is
+        out = [str(p.relative_to(REPO)) for d in dirs for p in (REPO / d).rglob("*.py")]
+    files = [REPO / f for f in out if (REPO / f).is_file() and Path(f).name not in SKIP_FILES]
+    return sorted(files, key=lambda p: (dirs.index(p.relative_to(REPO).parts[0]), p.relative_to(REPO).parts))
+
+
+def _used_in(name: str, cls: type) -> str:
+    """Modules of the section's own package (and the planner/dispatch) that read an attribute of that name."""
     pat = re.compile(rf"\.{re.escape(name)}\b")
-    hits = []
-    for d in CODE_DIRS:
-        for p in sorted((REPO / d).rglob("*.py")):
-            if p.name in SKIP_FILES:
-                continue
-            if pat.search(p.read_text()):
-                hits.append(str(p.relative_to(REPO)))
+    files = _tracked(READERS[cls.__module__.split(".")[0]])
+    hits = [str(p.relative_to(REPO)) for p in files if pat.search(p.read_text())]
     return ", ".join(f"`{h}`" for h in hits[:4]) + (f" +{len(hits) - 4}" if len(hits) > 4 else "") or "–"
 
 
@@ -83,7 +94,7 @@ def render() -> str:
                 continue  # the data sections have their own table
             leaf = name.rsplit(".", 1)[-1]
             cells = [f"`{name}`", _fmt(default), md.get("source") or "–", md.get("doc") or "–",
-                     "yes" if md.get("versioned", True) else "no", _used_in(leaf)]
+                     "yes" if md.get("versioned", True) else "no", _used_in(leaf, cls)]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(out) + "\n"
 

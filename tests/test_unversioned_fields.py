@@ -15,9 +15,10 @@ field changes no number. This module
 
 "equal" is bit-identical (torch.equal, ==): the field leaves the arithmetic and its order unchanged
 (cadences, paths, workers, storage, shard layouts whose batches coincide). A tolerance is used only where
-the field changes how inference is batched (the `batch_size` fields); each such test says where its bound
-comes from. Stages run through `cluster.stages` (entry functions and the probe's rFID services), the
-way the executors run them.
+the field changes how inference is batched (the `batch_size` fields), and for `TokenizerConfig.compile` on
+CUDA (ignored on CPU, where it is bit-identical; on CUDA its proof is the compiled-vs-eager step of
+tests/vtp_core/test_core_compile.py); each such test says where its bound comes from. Stages run through
+`cluster.stages` (entry functions and the probe's rFID services), the way the executors run them.
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ INERT: dict[str, tuple[str, str, str]] = {
     "TokenizerConfig.log_every": ("test_pretrain_field", "1 vs 3 (stage 1 and stage 2)", EQUAL),
     "TokenizerConfig.num_workers": ("test_pretrain_field", "0 vs 2", EQUAL),
     "TokenizerConfig.lpips_weights": ("test_pretrain_field", "the LPIPS file vs a byte-identical copy", EQUAL),
+    "TokenizerConfig.compile": ("test_compile_field", "True vs False",
+                                ("bit-identical on CPU, where it is ignored; on CUDA the compiled step's losses and "
+                                 "gradients equal the eager step's within the float tolerance of "
+                                 "tests/vtp_core/test_core_compile.py::test_compiled_step_matches_eager")),
     "ProbeConfig.batch_size": ("test_probe_batch_size", "4 vs 3",
                                ("features/recons/PSNR/rFID within derived bounds; accuracies equal; "
                                 "bit-identical when the features are")),
@@ -302,6 +307,7 @@ VARIANTS: dict[str, dict[str, typing.Callable]] = {
         "TokenizerConfig.num_workers": lambda w, t: dataclasses.replace(t, num_workers=2),
         "TokenizerConfig.lpips_weights": lambda w, t: dataclasses.replace(t, lpips_weights=str(w.lpips_b)),
     },
+    "test_compile_field": {"TokenizerConfig.compile": lambda w, t: dataclasses.replace(t, compile=False)},
     "test_probe_batch_size": {"ProbeConfig.batch_size": lambda w, p: dataclasses.replace(p, batch_size=3)},
     "test_latents_field": {
         "LatentsConfig.shard_size": lambda w, c: dataclasses.replace(c, shard_size=12),
@@ -401,6 +407,25 @@ def test_pretrain_field(field, w, tmp_path):
     run_stage("pretrain", VARIANTS["test_pretrain_field"][field](w, w.tok), tmp_path / "pretrain")
     assert_identical(tokenizer_blob(w.base.pretrain), tokenizer_blob(tmp_path / "pretrain"), "tokenizer.pt")
     assert_identical(metrics(w.base.pretrain), metrics(tmp_path / "pretrain"), "metrics")
+
+
+def test_compile_field(w, tmp_path):
+    """`compile` (on by default) compiles each block on CUDA only. Here, on CPU, flipping it leaves the stage
+    bit-identical: the same tokenizer.pt tensors and metrics. On CUDA the compiled step rounds differently
+    from the eager one; its proof is tests/vtp_core/test_core_compile.py::test_compiled_step_matches_eager,
+    which compiles every block `compile_towers` compiles (backend aot_eager, the graphs inductor receives) and
+    holds a clip+ssl+rec step's losses and gradients to the eager ones at a float tolerance it justifies."""
+    import importlib.util
+
+    assert w.tok.compile is True  # the baseline ran with the default
+    run_stage("pretrain", VARIANTS["test_compile_field"]["TokenizerConfig.compile"](w, w.tok), tmp_path / "pretrain")
+    assert_identical(tokenizer_blob(w.base.pretrain), tokenizer_blob(tmp_path / "pretrain"), "tokenizer.pt")
+    assert_identical(metrics(w.base.pretrain), metrics(tmp_path / "pretrain"), "metrics")
+    proof = Path(__file__).parent / "vtp_core" / "test_core_compile.py"
+    spec = importlib.util.spec_from_file_location("compile_proof", proof)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.test_compiled_step_matches_eager)  # the proof the INERT entry names exists
 
 
 def test_probe_batch_size(w, tmp_path, monkeypatch):

@@ -148,8 +148,9 @@ class TokenizerConfig:
     disc_weight: float = spec(0.5, ge=0, source="prior: LDM LPIPSWithDiscriminator", doc="adaptive GAN weight scale")
     disc_layers: int = spec(3, gt=0, source="prior: PatchGAN", doc="discriminator depth")
     disc_channels: int = spec(64, gt=0, source="prior: PatchGAN", doc="discriminator base width")
-    # ---- how it runs (numbers do not depend on these; compile rounds differently, so it is versioned)
-    compile: bool = spec(False, source="ours", doc="torch.compile the towers (CUDA only)")
+    # ---- how it runs (numbers do not depend on these)
+    compile: bool = unversioned(True, source="ours",
+                                doc="torch.compile each block on CUDA (ignored on CPU); eager and compiled agree to float rounding")
     ckpt_every: int = unversioned(500, gt=0, source="ours", doc="checkpoint cadence in steps")
     log_every: int = unversioned(50, gt=0, source="ours", doc="log cadence in steps")
     num_workers: int = unversioned(0, ge=0, source="ours", doc="data-loader workers")

@@ -76,13 +76,6 @@ def _attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shap
     return 2 * flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _onednn_linear_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """oneDNN's linear (`vtp_core.models.linear`, CPU): input (M, K) @ weight (N, K)^T, 2·M·K·N as torch
-    counts `addmm` (bias adds not counted)."""
-    m, k = input_shape[0], input_shape[-1]
-    return 2 * m * k * weight_shape[0]
-
-
 _aten = torch.ops.aten
 ATTENTION_FLOP_FORMULAS = {  # FlopCounterMode `custom_mapping`: every SDPA kernel counted alike
     _aten._scaled_dot_product_flash_attention_for_cpu: _attention_forward_flops,  # torch counts 0 for it
@@ -91,17 +84,13 @@ ATTENTION_FLOP_FORMULAS = {  # FlopCounterMode `custom_mapping`: every SDPA kern
     _aten._scaled_dot_product_efficient_attention_backward: _attention_backward_flops,
     _aten._scaled_dot_product_cudnn_attention_backward: _attention_backward_flops,
 }
-FLOP_FORMULAS = dict(ATTENTION_FLOP_FORMULAS)
-if hasattr(torch.ops.mkldnn, "_linear_pointwise"):  # a torch without oneDNN has no such op (and never runs it)
-    FLOP_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
 
 
 def flop_counter_mode() -> FlopCounterMode:
     """A `FlopCounterMode` that counts attention the same whichever kernel runs it: torch's CPU flash
     kernel (which torch's own table counts as 0) and the GPU kernels as the explicit form and the meta
-    device count it, so MFU is model FLOPs over time; and the CPU Linears' oneDNN GEMMs, which torch's
-    table does not know either. bench/ counts steps on real devices with it."""
-    return FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
+    device count it, so MFU is model FLOPs over time. bench/ counts steps on real devices with it."""
+    return FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS)
 
 
 # ---------------------------------------------------------------- memoised internals

@@ -27,7 +27,7 @@ from vtp_core.data import load_train
 from vtp_core.losses.lpips import load_lpips
 from vtp_core.objectives import Teacher, active_objectives, step_losses
 from vtp_core.registry import count_params
-from vtp_core.runtime import (Diverged, Preempted, StageContext, adamw, atomic_torch_save, keep_freed_memory,
+from vtp_core.runtime import (Diverged, Preempted, StageContext, adamw, atomic_torch_save,
                               load_checkpoint, rng_state, seed_everything, set_rng_state)
 from vtp_core.schedules import ema_momentum_at, lr_at, teacher_temp_at
 from vtp_core.tokenizer import Tokenizer, tokenizer_payload
@@ -62,30 +62,29 @@ class StepModule(torch.nn.Module):
 
 
 def compile_towers(model: Tokenizer, teacher: Teacher | None = None, **compile_kwargs) -> None:
-    """In-place `Module.compile` (state-dict keys unchanged) of what the step runs: the encoder's and the
-    teacher's block stacks (`ViTEncoder.tokens` is a method, so compiling the encoder module itself would
-    compile nothing), the pixel decoder and the text tower. Shapes are specialised (`dynamic=False`): a
-    step has a few fixed batch/crop shapes, and each stack compiles to one graph per shape."""
-    towers = [model.encoder.trunk, model.decoder] + ([model.text] if hasattr(model, "text") else [])
-    towers += [teacher.encoder.trunk] if teacher is not None else []
-    for tower in towers:
-        tower.compile(**{"dynamic": False, **compile_kwargs})
+    """In-place `Module.compile` (state-dict keys unchanged) of every transformer block the step runs: the
+    encoder's, the teacher's, the pixel decoder's and the text tower's. Per block, not per tower: the blocks
+    of a stack share one compiled graph per input shape (dynamo treats their parameters as inputs), compile
+    time does not grow with depth, and the code between blocks (patch embedding, RoPE table, heads) stays
+    eager. Shapes are specialised (`dynamic=False`): a step has a few fixed batch/crop shapes."""
+    stacks = [model.encoder.trunk.blocks, model.decoder.stack.blocks]
+    stacks += [model.text.blocks] if hasattr(model, "text") else []
+    stacks += [teacher.encoder.trunk.blocks] if teacher is not None else []
+    for blocks in stacks:
+        for block in blocks:
+            block.compile(**{"dynamic": False, **compile_kwargs})
 
 
-def maybe_compile(model: Tokenizer, teacher: Teacher | None, cfg: TokenizerConfig, ctx: StageContext) -> None:
-    """`compile_towers` when `cfg.compile`, on CUDA only: on CPU inductor's 7-12 % gain (docs/benchmarks.md)
-    costs tens of seconds of start-up and a C++ toolchain per cell."""
-    if not cfg.compile:
-        return
-    if torch.device(ctx.device).type != "cuda":
-        ctx.log.warning("pretrain: compile=True ignored on %s (CUDA only)", ctx.device)
-        return
-    compile_towers(model, teacher)
+def maybe_compile(model: Tokenizer, teacher: Teacher | None, cfg: TokenizerConfig, device: torch.device) -> None:
+    """`compile_towers` when `cfg.compile` and the step runs on CUDA; on CPU the model runs eager (compiling
+    costs start-up and a C++ toolchain per cell there). Eager and compiled agree to float rounding
+    (tests/vtp_core/test_core_compile.py)."""
+    if cfg.compile and device.type == "cuda":
+        compile_towers(model, teacher)
 
 
 def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
     t_start, log = time.time(), ctx.log
-    keep_freed_memory()  # no heap trimmed and faulted back every step (runtime.keep_freed_memory)
     device = torch.device(distributed.setup(ctx.device))
     cuda = device.type == "cuda"
     seed_everything(cfg.seed)
@@ -112,7 +111,7 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
         step, wall_before, window = ck["step"], ck["wall_s"], ck["loss_window"]
         lr_peak = float(ck.get("lr_peak", 0.0))
         log.info("pretrain: resumed from %s at step %d (stage 2 step %d)", ctx.ckpt_path, step, s2.step if s2 else 0)
-    maybe_compile(model, teacher, cfg, ctx)
+    maybe_compile(model, teacher, cfg, device)
 
     def save() -> None:
         if not distributed.is_main():

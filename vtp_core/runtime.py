@@ -9,14 +9,11 @@ Also here: device choice, atomic file writes, and the checkpoint/RNG helpers tha
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import json
 import logging
 import os
 import random
 import signal
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,41 +47,7 @@ def pick_device(override: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# ---------------------------------------------------------------- the train step's process
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Have glibc malloc keep freed memory in the process for reuse instead of handing it back to the
-    kernel; True when set (Linux glibc), False where there is no glibc `mallopt` (nothing changes then).
-
-    Why: a CPU train step allocates and frees the same tensors every step. By default glibc trims the
-    top of its heap whenever more than 2x its (dynamic) mmap threshold lies free there, so a step that
-    frees a few MB at the top hands them back and a later step faults them in again, a page at a time
-    (~2.7 us each on the development VM). A ViT-S tokenizer step at 256 px, batch 2, alone in its process:
-    1,360 minor faults per step on average (up to 8,700), 270 with this setting, the heap's last growth
-    included; the timm ViT reference 1,250 and 330. With the trim threshold out of reach and the mmap
-    threshold pinned at glibc's dynamic maximum (32 MiB on 64-bit, so nothing served from the heap moves to
-    mmap) the heap grows to the step's high-water mark and stays (tests/vtp_core/test_core_runtime.py).
-    The price: the process keeps its peak heap, which the next step needs anyway. Process-wide and
-    idempotent; the trainers call it, and `make bench` calls it in every process it times."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return False
-    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):  # glibc only (musl: a stub)
-        return False
-    mallopt = libc.mallopt
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # the mmap threshold first: setting any of the three freezes it (no more dynamic adjustment)
-    return all(mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 16 << 20)))
-
-
+# ---------------------------------------------------------------- the optimizer
 def adamw(params, device: str | torch.device, **kwargs) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel on CPU and CUDA: one kernel over all tensors instead of a Python
     loop of ~10 ops per tensor (the CPU default). A ViT-S tokenizer step's optimizer part went from 82 to

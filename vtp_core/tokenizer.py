@@ -19,7 +19,6 @@ from vtp_core.cfg import load, to_dict
 from vtp_core.config import RECIPES, TokenizerConfig
 from vtp_core.losses.clip import LOGIT_SCALE_INIT
 from vtp_core.models.heads import DINOHead
-from vtp_core.models.linear import Linear
 from vtp_core.models.text import TextTower, tokenize
 from vtp_core.models.vit import PixelDecoder, ViTEncoder
 from vtp_core.runtime import StageError, load_checkpoint
@@ -52,7 +51,7 @@ class Tokenizer(nn.Module):
         if self.lambda_clip:
             ts = self.sizes["text"] = text_size(cfg, sizes.get("text"))
             self.text = TextTower(ts)
-            self.visual_proj = Linear(head_in, ts.embed_dim, bias=False)
+            self.visual_proj = nn.Linear(head_in, ts.embed_dim, bias=False)
             nn.init.trunc_normal_(self.visual_proj.weight, std=0.02)
             self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         if self.lambda_ssl:

@@ -112,12 +112,15 @@ def test_pinned_ids_of_default_configs():
 
     # pretrain: changed from pretrain-t-be9601bb0e when the method's fields (qk_norm, qkv_bias, per-objective drop
     # rates, rec_loss, adam_eps, warmup_fraction) were added (CODE_VERSION 2), then when each rank began to
-    # draw its own slice's views from per-sample numbers (CODE_VERSION 3)
-    assert stage_id("pretrain", "t", small.tokenizer()) == "pretrain-t-07ad1663f2"
-    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-1b2d83aa77"  # the method's defaults
-    assert stage_id("dit", "t", small.dit(), ["latents-x"]) == "dit-t-d72ff9ce20"
-    # probe: changed from probe-t-265c4ada62 when zero_shot_resize (zero-shot preprocessing) was added
-    assert stage_id("probe", "t", small.probe()) == "probe-t-b72cc7526c"
+    # draw its own slice's views from per-sample numbers (CODE_VERSION 3), then when the models were rebuilt from
+    # standard parts (rotate-half RoPE, nn.Linear, F.rms_norm; `compile` unversioned) (CODE_VERSION 4; probe,
+    # latents, dit and sample 2: their numbers change with the models')
+    assert stage_id("pretrain", "t", small.tokenizer()) == "pretrain-t-41148109ec"
+    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-0830556bdd"  # the method's defaults
+    assert stage_id("dit", "t", small.dit(), ["latents-x"]) == "dit-t-919e5d2fbf"
+    # probe: changed from probe-t-265c4ada62 when zero_shot_resize (zero-shot preprocessing) was added, then
+    # from probe-t-b72cc7526c at CODE_VERSION 2
+    assert stage_id("probe", "t", small.probe()) == "probe-t-feec468718"
 
 
 def test_fmt_num():

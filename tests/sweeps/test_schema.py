@@ -1,5 +1,4 @@
 """Bad study specs are refused before any work, with one line naming file, field, value and what is allowed."""
-import textwrap
 
 import pytest
 

@@ -8,7 +8,6 @@ within K·u·max|g| (a float32 sum of K terms in another order). Stage 1 runs on
 two runs enter stage 2 with the same weights up to ~1e-12."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest

@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtp_core.models.linear import Linear, linear
 from vtp_core.models.vit import init_weights
 
 
@@ -22,7 +21,7 @@ class DINOHead(nn.Module):
         dims = [in_dim] + [hidden] * (n_layers - 1) + [bottleneck]
         layers: list[nn.Module] = []
         for i in range(n_layers):
-            layers.append(Linear(dims[i], dims[i + 1]))
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < n_layers - 1:
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
@@ -32,4 +31,4 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
-        return linear(x, F.normalize(self.prototypes, dim=-1))
+        return F.linear(x, F.normalize(self.prototypes, dim=-1))

@@ -16,7 +16,6 @@ import torch.nn as nn
 from timm.layers import LayerNorm
 from timm.models.eva import EvaBlock
 
-from vtp_core.models.linear import route_linears
 from vtp_core.openclip_files import open_clip_file, open_clip_module
 from vtp_core.registry import TextSize
 
@@ -44,11 +43,11 @@ class TextTower(nn.Module):
         self.token_embedding = nn.Embedding(size.vocab_size, w)
         self.positional_embedding = nn.Parameter(torch.empty(size.context_length, w))
         norm = functools.partial(LayerNorm, eps=1e-5)
-        self.blocks = route_linears(nn.ModuleList(  # timm's blocks, their Linears' GEMMs as ours (`linear`)
+        self.blocks = nn.ModuleList(
             EvaBlock(w, size.heads, qkv_bias=True, mlp_ratio=size.mlp_ratio, num_prefix_tokens=0,
                      act_layer=nn.GELU, norm_layer=norm)
             for _ in range(size.depth)
-        ))
+        )
         self.ln_final = norm(w)
         self.text_projection = nn.Parameter(torch.empty(w, size.embed_dim))
         self._init()

@@ -3,8 +3,9 @@
 Why this shape (METHOD.md §1.1-1.2): patch conv, one CLS token, no absolute position embedding,
 axial 2D RoPE (base 100, centred coords in [-1, 1]) on patch tokens only, pre-norm blocks with
 RMSNorm + SwiGLU + SDPA. The latent is `Linear(D->c, bias=False)` on the final-norm patch tokens,
-deterministic (no KL/noise). Blocks are timm's `EvaBlock` math and RoPE is timm's `RotaryEmbeddingDinoV3`
-table, in the leaner form of `vtp_core.models.layers` (faster on CPU, same model).
+deterministic (no KL/noise). Blocks are timm's `EvaBlock` math (`vtp_core.models.layers`: nn.Linear, timm
+SwiGLU, SDPA) and RoPE is timm's `RotaryEmbeddingDinoV3` table with timm's rotate-half pairing, the released
+VTP convention.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import functools
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import LayerNorm, trunc_normal_
 
-from vtp_core.models.layers import Block, RmsNorm, rope_table
-from vtp_core.models.linear import Linear, linear
+from vtp_core.models.layers import Block, RmsNorm, dinov3_rope
 from vtp_core.registry import ViTSize, swiglu_hidden
 
 
@@ -41,7 +42,7 @@ class RopeStack(nn.Module):
         self.norm = norm_layer(size.width)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int], drop_rate: float = 0.0) -> torch.Tensor:
-        rope = rope_table("dinov3", self.head_dim, tuple(hw), self.rope_base, self.n_prefix, x.device, self.heads)
+        rope = dinov3_rope(self.head_dim, tuple(hw), self.rope_base, self.n_prefix, x.device)
         for blk in self.blocks:
             x = blk(x, rope=rope, drop_rate=drop_rate)
         return self.norm(x)
@@ -58,7 +59,7 @@ class ViTEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, size.width))
         self.mask_token = nn.Parameter(torch.zeros(1, size.width))  # iBOT: replaces masked patch embeddings
         self.trunk = RopeStack(size, "rms", n_prefix=1, rope_base=rope_base, qkv_bias=qkv_bias, qk_norm=qk_norm)
-        self.bottleneck = Linear(size.width, latent_channels, bias=False)
+        self.bottleneck = nn.Linear(size.width, latent_channels, bias=False)
         self.apply(init_weights)
         bound = (1.0 / (in_chans * patch * patch)) ** 0.5
         nn.init.uniform_(self.patch_embed.weight, -bound, bound)
@@ -98,11 +99,10 @@ class PixelDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h, w = z.shape[-2:]
-        # the 1x1 convs run as per-token Linears on their own weights: the stream stays token-major (B, N, D)
-        # with no layout copies, and a CPU matmul is cheaper than a 1x1 convolution
-        t = linear(z.flatten(2).transpose(1, 2), self.conv_in.weight.flatten(1), self.conv_in.bias)
+        # the 1x1 convs as per-token Linears on their own weights: the stream stays token-major (B, N, D)
+        t = F.linear(z.flatten(2).transpose(1, 2), self.conv_in.weight.flatten(1), self.conv_in.bias)
         t = self.stack(t, (h, w))
-        y = linear(t, self.conv_out.weight.flatten(1), self.conv_out.bias)
+        y = F.linear(t, self.conv_out.weight.flatten(1), self.conv_out.bias)
         # PixelShuffle of the channel-major map, done from the token-major y in one copy instead of two:
         # channel c*p*p + i*p + j of token (r, s) is pixel (c, r*p + i, s*p + j)
         p, b = self.shuffle.upscale_factor, y.shape[0]
