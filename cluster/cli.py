@@ -40,34 +40,65 @@ def _fmt_s(s: float) -> str:
     return f"{s / 3600:.1f}h"
 
 
+def _short(strategy: str) -> str:
+    """'checkpoint+microbatch:4' -> 'ckpt+mb4' (the dry-run table's column)."""
+    return strategy.replace("checkpoint", "ckpt").replace("microbatch:", "mb")
+
+
 def print_dry_run(p, store, out=sys.stdout) -> None:
     """One row per cell: recipe, encoder + params, data, budget, steps, samples seen (in all and per objective),
-    FLOPs, estimated time per stage and device-hours; then the stage ids and the totals."""
+    FLOPs, estimated time per stage, the pretrain step's predicted GB per GPU and memory strategy (when the
+    study gives resources.pretrain.gpu_mem_gb; else '–') and device-hours; then the memory plan's figures per
+    architecture, the stage ids and the totals."""
     from rich.console import Console
     from rich.table import Table
 
     from sweeps.ids import fmt_num
     from sweeps.plan import CELL_STAGES
+    from sweeps.schema import resources_for
 
     console = Console(file=out, width=max(220, Console().width), soft_wrap=False)
     s = p.study
     est = s.estimate
+    gpu_mem = resources_for(s.resources, "pretrain").get("gpu_mem_gb") or 0
     t = Table(title=f"study {s.name}: {len(p.cells)} cells, {len(p.stages)} distinct stages (times assume "
                     f"{fmt_num(est.throughput)} FLOP/s per {est.device} and {fmt_num(est.decode_images_per_s)} "
                     f"images/s per loader: estimate:)")
     for col in ("cell", "recipe", "encoder", "enc params", "data", "budget", "steps", "samples seen",
-                "clip / ssl / rec", "tok FLOPs", "DiT FLOPs", *[f"t {k}" for k in CELL_STAGES], "dev-h", "done"):
+                "clip / ssl / rec", "tok FLOPs", "DiT FLOPs", *[f"t {k}" for k in CELL_STAGES], "GB/GPU",
+                "dev-h", "done"):
         t.add_column(col, no_wrap=True)
     for c in p.cells:
         sts = [p.stages[c.stages[k]] for k in CELL_STAGES]
         done = sum(store.is_done(x.id) for x in sts)
         budget = fmt_num(c.budget) + (" samples" if c.budget_kind == "samples" else "")
         per_obj = " / ".join(fmt_num(c.samples[k]) for k in ("clip", "ssl", "rec"))
+        pre = p.stages[c.stages["pretrain"]]
+        mem = f"{pre.mem_gb:.1f} {_short(pre.strategy)}" if pre.strategy else "–"
         t.add_row(c.id, c.recipe, c.encoder, f"{c.encoder_params / 1e6:.2f}M", fmt_num(c.data_size) if c.data_size else "all",
                   budget, str(c.steps), fmt_num(c.samples_seen), per_obj, fmt_num(c.tokenizer_flops),
-                  fmt_num(c.dit_flops), *[_fmt_s(x.seconds) for x in sts], f"{p.cell_device_hours(c):.3g}",
+                  fmt_num(c.dit_flops), *[_fmt_s(x.seconds) for x in sts], mem, f"{p.cell_device_hours(c):.3g}",
                   f"{done}/{len(sts)}")
     console.print(t)
+    if gpu_mem:
+        print(f"GB/GPU: the pretrain step's predicted peak per GPU (of resources.pretrain.gpu_mem_gb = "
+              f"{fmt_num(gpu_mem)}) with the cheapest strategy that fits: none, ckpt (activation checkpointing of "
+              f"every block), ckpt+mb<k> (and k micro-batches)", file=out)
+    shown: set = set()
+    for c in p.cells:  # the memory plan's figures, once per architecture (they do not depend on the budget)
+        pre = p.stages[c.stages["pretrain"]]
+        if pre.strategy and (c.recipe, c.encoder) not in shown:
+            shown.add((c.recipe, c.encoder))
+            parts = ", ".join(f"{k} {v:.3g}" for k, v in pre.mem if k != "total" and v > 0)
+            print(f"memory plan {c.recipe}-{c.encoder}: pretrain {pre.strategy}, {pre.mem_gb:.1f} GB per GPU of "
+                  f"{fmt_num(gpu_mem)} ({parts})", file=out)
+    dits = {p.stages[c.stages["dit"]].mem for c in p.cells} - {()}
+    for mem in sorted(dits):
+        d = dict(mem)
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in mem if k != "total" and v > 0)
+        strategy = next(st.strategy for st in p.stages.values() if st.kind == "dit" and st.mem == mem)
+        print(f"memory plan dit {s.dit.size}: {strategy}, {d['total']:.1f} GB per GPU of "
+              f"{fmt_num(resources_for(s.resources, 'dit').get('gpu_mem_gb'))} ({parts})", file=out)
     print("stage ids per cell (" + " ".join(CELL_STAGES) + "):", file=out)
     for c in p.cells:
         print(f"  {c.id}: " + " ".join(c.stages[k] for k in CELL_STAGES), file=out)

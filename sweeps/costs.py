@@ -1,5 +1,6 @@
 """What a cell costs: FLOPs per training step and per forward pass (measured by torch.utils.flop_counter
-on the meta device, on the stages' own modules), parameter counts, and image counts of the data.
+on the meta device, on the stages' own modules), parameter counts, image counts of the data, and the memory
+model of a pretrain step (`vtp_core.memory`: bytes saved for backward, counted on the meta device).
 
 Measuring a step takes ~1 s per distinct model config, so results are memoized in-process and
 persisted in a small JSON cache (`$VTP_CACHE`, default `~/.cache/vtp-scaling/costs.json`) keyed by
@@ -35,11 +36,12 @@ def _disk() -> dict:
         return {}
 
 
-def _cached(kind: str, key_obj: Any, compute: Callable[[], float]) -> float:
+def _cached(kind: str, key_obj: Any, compute: Callable[[], Any], as_json: bool = False) -> Any:
+    """`compute()` once per key, on disk: a float, or with `as_json` any JSON value (returned as stored)."""
     key = hashlib.sha256(json.dumps([kind, COSTS_VERSION, key_obj], sort_keys=True, default=str).encode()).hexdigest()[:20]
     cache = _disk()
     if key not in cache:
-        cache[key] = float(compute())
+        cache[key] = compute() if as_json else float(compute())
         try:
             from vtp_core.runtime import atomic_write_json
 
@@ -91,6 +93,25 @@ def tokenizer_step_flops(cfg: TokenizerConfig) -> float:
     return _tok("step", _strip(cfg))
 
 
+@functools.lru_cache(maxsize=None)
+def _tokenizer_memory(cfg: TokenizerConfig) -> dict:
+    def measure() -> dict:
+        from vtp_core import memory
+
+        return memory.calibrate(cfg)
+
+    from vtp_core.memory import MEMORY_VERSION
+
+    return _cached("tok-memory", [MEMORY_VERSION, versioned_dict(cfg)], measure, as_json=True)
+
+
+def tokenizer_memory(cfg: TokenizerConfig) -> dict:
+    """The memory model of a pretrain step (`vtp_core.memory.calibrate`: fixed bytes + per-objective affine
+    activations + the global-batch losses), measured once per config on the meta device (~2 s at ViT-L) and
+    cached like the FLOPs; `vtp_core.memory.predict/choose` turn it into GB per GPU for a world size."""
+    return _tokenizer_memory(_strip(cfg))
+
+
 def encoder_params(cfg: TokenizerConfig) -> int:
     return int(_tok("params", _strip(cfg)))
 
@@ -113,6 +134,19 @@ def dit_step_flops(spec: DiTSpec, latent_shape: tuple[int, int, int]) -> float:
         return flops.dit_train_step_flops(spec, latent_shape)
 
     return _cached("dit-step", [versioned_dict(spec), list(latent_shape)], measure)
+
+
+@functools.lru_cache(maxsize=None)
+def dit_memory(spec: DiTSpec, latent_shape: tuple[int, int, int]) -> dict:
+    """The memory model of a DiT step (`dit_eval.memory.calibrate`), measured once per spec and latent shape."""
+    def measure() -> dict:
+        from dit_eval import memory
+
+        return memory.calibrate(spec, latent_shape)
+
+    from vtp_core.memory import MEMORY_VERSION
+
+    return _cached("dit-memory", [MEMORY_VERSION, versioned_dict(spec), list(latent_shape)], measure, as_json=True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,12 @@ What it decides, and refuses before any work (SpecError, one line):
   `budget_samples`; a budget below one step, or a schedule that would not reach its peak LR, is refused;
 - cost: every stage's time is its own work (its FLOPs, measured on its modules, and the images it
   decodes) over the study's declared throughput per device (`estimate:`) times the devices that work
-  on it (`resources:`); device-hours are that time times the devices its job holds.
+  on it (`resources:`); device-hours are that time times the devices its job holds;
+- memory: when `resources.<trainer>.gpu_mem_gb` is set (pretrain, dit), the per-GPU peak of a training step
+  (`vtp_core.memory.predict` / `dit_eval.memory.predict` at the per-GPU batch: global batch / the GPUs that
+  train) and the cheapest strategy that fits it (none, activation checkpointing, then checkpointing with the
+  fewest micro-batches), recorded on the stage (`mem_gb`, `strategy`, `mem`); a cell that fits with none is
+  refused with its numbers. Without gpu_mem_gb (the CPU demo) nothing is predicted or refused.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from typing import Any
 from sweeps import costs
 from sweeps.errors import SpecError
 from sweeps.ids import fmt_num, stage_id
-from sweeps.schema import STAGE_KINDS, Grid, Study, devices_for
+from sweeps.schema import STAGE_KINDS, Grid, Study, devices_for, resources_for
 from vtp_core.batches import images_per_step, objective_batches
 from vtp_core.cfg import ConfigError, check
 from vtp_core.config import DataConfig, warmup_steps
@@ -43,6 +48,10 @@ class Stage:
     images: int = 0  # images it decodes from files
     seconds: float = 0.0  # estimated wall time: work / (throughput × working devices)
     devices: int = 1  # devices its job holds (GPUs; tasks on a CPU)
+    # memory plan (trainer stages whose resources give gpu_mem_gb; else 0 / ""): never part of the stage id
+    mem_gb: float = 0.0  # predicted per-GPU peak (GB = 2^30 bytes) with `strategy`
+    strategy: str = ""  # vtp_core.memory strategy: none | checkpoint | checkpoint+microbatch:k
+    mem: tuple[tuple[str, float], ...] = ()  # that prediction by component (GB), 'total' last
 
     @property
     def upstream_ids(self) -> tuple[str, ...]:
@@ -111,6 +120,52 @@ def _stage(study: Study, kind: str, tag: str, cfg: Any, upstream: tuple = (), fl
     seconds, devices = _estimate(study, kind, flops, images)
     return Stage(kind, stage_id(kind, tag, cfg, [i for _, i in upstream]), cfg, upstream, flops, int(images),
                  seconds, devices)
+
+
+def memory_plan(study: Study, kind: str, cell_name: str, strategies: list[str], predict) -> dict:
+    """{'mem_gb', 'strategy', 'mem'} of a cell's trainer stage `kind` when `resources.<kind>.gpu_mem_gb` is set
+    (else {}): the first of `strategies` (cheapest first) whose `predict(strategy)` total fits. A cell that fits
+    with none is refused (SpecError) naming the cell, its predicted GB per component with the strategy that
+    needs the least, and the GPU's memory."""
+    from vtp_core import memory
+
+    gpu = resources_for(study.resources, kind).get("gpu_mem_gb")
+    if not gpu:
+        return {}
+    chosen = memory.choose_from(strategies, predict, gpu)
+    if chosen is None:
+        best, parts = min(((st, predict(st)) for st in strategies), key=lambda sp: sp[1]["total"])
+        world = devices_for(study.resources, kind)[1]
+        raise SpecError(
+            f"{study.path}: resources.{kind}.gpu_mem_gb: cell {cell_name} does not fit {fmt_num(gpu)} GB per GPU in "
+            f"{kind} even with {best} over {world} GPU(s): {memory.describe(parts)} per GPU (give GPUs with more "
+            f"memory, more GPUs, or a smaller batch_size)")
+    parts = predict(chosen)
+    return {"mem_gb": parts["total"], "strategy": chosen, "mem": tuple(parts.items())}
+
+
+def pretrain_memory(study: Study, tok, cell_name: str) -> dict:
+    """`memory_plan` of a cell's pretrain stage (`vtp_core.memory`, the per-GPU batch = batch / GPUs training)."""
+    if not resources_for(study.resources, "pretrain").get("gpu_mem_gb"):
+        return {}
+    from vtp_core import memory
+
+    world = devices_for(study.resources, "pretrain")[1]
+    model = costs.tokenizer_memory(tok)
+    return memory_plan(study, "pretrain", cell_name, memory.strategies(tok, world),
+                       lambda st: memory.predict(tok, world, st, model))
+
+
+def dit_memory(study: Study, latent_shape: tuple[int, int, int], cell_name: str) -> dict:
+    """`memory_plan` of a cell's dit stage (`dit_eval.memory`)."""
+    if not resources_for(study.resources, "dit").get("gpu_mem_gb"):
+        return {}
+    from dit_eval import memory
+
+    world = devices_for(study.resources, "dit")[1]
+    model = costs.dit_memory(study.dit, tuple(latent_shape))
+    return memory_plan(study, "dit", cell_name, memory.strategies(study.dit, world),
+                       lambda st: memory.predict(study.dit, world, st, model))
 
 
 def pin_data(d: DataConfig, where: str) -> DataConfig:
@@ -211,8 +266,11 @@ def plan(study: Study) -> Plan:
             raise SpecError(f"{where}: tokenizer.warmup_fraction: cell {cell_name} has {steps} steps and {warm} of "
                             f"warm-up; it would never reach its peak LR")
         tok_flops = steps * step_flops
-        pre = _stage(s, "pretrain", f"{recipe}-{encoder}-d{fmt_num(data_size)}-n{steps}-s{seed}", tok,
-                     flops=tok_flops, images=steps * draw)
+        if (recipe, encoder, "memory") not in per_arch:  # depends on the architecture and batch, not the budget
+            per_arch[recipe, encoder, "memory"] = pretrain_memory(s, base, cell_name)
+        pre = dataclasses.replace(
+            _stage(s, "pretrain", f"{recipe}-{encoder}-d{fmt_num(data_size)}-n{steps}-s{seed}", tok,
+                   flops=tok_flops, images=steps * draw), **per_arch[recipe, encoder, "memory"])
         p.add(pre)
         short = pre.id.split("-", 1)[1].rsplit("-", 1)[0]
         pr = s.probe
@@ -224,7 +282,10 @@ def plan(study: Study) -> Plan:
         lat = _stage(s, "latents", short, s.latents, (("pretrain", pre.id),), flops=enc_flops * n_enc, images=n_lat)
         p.add(lat)
         dit_flops = costs.dit_step_flops(s.dit, shape) * s.dit.steps
-        dit = _stage(s, "dit", f"{s.dit.size}-n{s.dit.steps}", s.dit, (("latents", lat.id),), flops=dit_flops)
+        if ("dit-memory", shape) not in per_arch:
+            per_arch["dit-memory", shape] = dit_memory(s, shape, cell_name)
+        dit = dataclasses.replace(_stage(s, "dit", f"{s.dit.size}-n{s.dit.steps}", s.dit, (("latents", lat.id),),
+                                         flops=dit_flops), **per_arch["dit-memory", shape])
         p.add(dit)
         guided = 2 if s.sample.cfg_scale != 1 else 1
         n = s.sample.n_samples

@@ -122,6 +122,8 @@ class Resources:
     gpus_per_node: int | None = spec(None, ge=0, doc="GPUs per node")
     cpus_per_task: int | None = spec(None, ge=1, doc="CPUs per task")
     mem_gb: float | None = spec(None, gt=0, doc="memory per node (GB)")
+    gpu_mem_gb: float | None = spec(None, gt=0, source="yours (80 for an H100)",
+                                    doc="memory of one GPU, for the memory plan")
     timeout_min: int | None = spec(None, ge=1, doc="time limit (minutes)")
     nodes: int | None = spec(None, ge=1, doc="nodes")
     tasks_per_node: int | None = spec(None, ge=1, doc="tasks per node (one per GPU for the trainers)")
