@@ -79,7 +79,9 @@ def predict(spec: DiTSpec, world_size: int, strategy: str, model: dict) -> dict:
 
 
 def strategies(spec: DiTSpec, world_size: int) -> list[str]:
-    return core.strategies_for([spec.batch_size // world_size])
+    """Only `none`: the DiT trainer has no checkpointing or micro-batches (the fixed-spec DiT-B/1 fits an 80 GB
+    GPU with room to spare); a DiT that does not fit is refused by the plan."""
+    return ["none"]
 
 
 def choose(spec: DiTSpec, world_size: int, gpu_mem_gb: float, model: dict) -> str | None:

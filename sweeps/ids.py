@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from vtp_core.cfg import versioned_dict
 
 CODE_VERSION: dict[str, int] = {
-    "pretrain": 4, "probe": 2, "extractor": 1, "refstats": 2,
+    "pretrain": 5, "probe": 2, "extractor": 1, "refstats": 2,
     "latents": 2, "dit": 2, "sample": 2, "fid": 1,
 }
 

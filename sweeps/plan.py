@@ -152,8 +152,24 @@ def pretrain_memory(study: Study, tok, cell_name: str) -> dict:
 
     world = devices_for(study.resources, "pretrain")[1]
     model = costs.tokenizer_memory(tok)
-    return memory_plan(study, "pretrain", cell_name, memory.strategies(tok, world),
+    # a strategy the study sets itself (tokenizer.checkpoint_blocks / micro_batches) is checked, not replaced
+    own = memory.strategy_name(tok.checkpoint_blocks, tok.micro_batches)
+    return memory_plan(study, "pretrain", cell_name, [own] if own != "none" else memory.strategies(tok, world),
                        lambda st: memory.predict(tok, world, st, model))
+
+
+def with_strategy(tok, strategy: str, seconds: float) -> tuple[Any, float]:
+    """The pretrain config that runs `strategy` (`checkpoint_blocks`, `micro_batches`: what the trainer reads)
+    and the stage's time with its recomputation: activation checkpointing runs every block's forward again
+    in backward (forward + backward ~ 3 forwards, so x4/3); micro-batches with gradient caching run the
+    towers that feed CLIP and KoLeo forward once more (at most another x4/3)."""
+    from vtp_core import memory
+
+    if not strategy:
+        return tok, seconds
+    ckpt, k = memory.parse_strategy(strategy)
+    tok = dataclasses.replace(tok, checkpoint_blocks=ckpt, micro_batches=k)
+    return tok, seconds * (1 + ckpt / 3 + (k > 1) / 3)
 
 
 def dit_memory(study: Study, latent_shape: tuple[int, int, int], cell_name: str) -> dict:
@@ -268,9 +284,11 @@ def plan(study: Study) -> Plan:
         tok_flops = steps * step_flops
         if (recipe, encoder, "memory") not in per_arch:  # depends on the architecture and batch, not the budget
             per_arch[recipe, encoder, "memory"] = pretrain_memory(s, base, cell_name)
-        pre = dataclasses.replace(
-            _stage(s, "pretrain", f"{recipe}-{encoder}-d{fmt_num(data_size)}-n{steps}-s{seed}", tok,
-                   flops=tok_flops, images=steps * draw), **per_arch[recipe, encoder, "memory"])
+        mem = per_arch[recipe, encoder, "memory"]
+        tok, _ = with_strategy(tok, mem.get("strategy", ""), 0.0)  # micro_batches is versioned: into the id
+        pre = _stage(s, "pretrain", f"{recipe}-{encoder}-d{fmt_num(data_size)}-n{steps}-s{seed}", tok,
+                     flops=tok_flops, images=steps * draw)
+        pre = dataclasses.replace(pre, seconds=with_strategy(tok, mem.get("strategy", ""), pre.seconds)[1], **mem)
         p.add(pre)
         short = pre.id.split("-", 1)[1].rsplit("-", 1)[0]
         pr = s.probe

@@ -55,6 +55,7 @@ INERT: dict[str, tuple[str, str, str]] = {
     "TokenizerConfig.log_every": ("test_pretrain_field", "1 vs 3 (stage 1 and stage 2)", EQUAL),
     "TokenizerConfig.num_workers": ("test_pretrain_field", "0 vs 2", EQUAL),
     "TokenizerConfig.lpips_weights": ("test_pretrain_field", "the LPIPS file vs a byte-identical copy", EQUAL),
+    "TokenizerConfig.checkpoint_blocks": ("test_pretrain_field", "False vs True (every block recomputed)", EQUAL),
     "TokenizerConfig.compile": ("test_compile_field", "True vs False",
                                 ("bit-identical on CPU, where it is ignored; on CUDA the compiled step's losses and "
                                  "gradients equal the eager step's within the float tolerance of "
@@ -306,6 +307,7 @@ VARIANTS: dict[str, dict[str, typing.Callable]] = {
         "TokenizerConfig.log_every": lambda w, t: dataclasses.replace(t, log_every=3),
         "TokenizerConfig.num_workers": lambda w, t: dataclasses.replace(t, num_workers=2),
         "TokenizerConfig.lpips_weights": lambda w, t: dataclasses.replace(t, lpips_weights=str(w.lpips_b)),
+        "TokenizerConfig.checkpoint_blocks": lambda w, t: dataclasses.replace(t, checkpoint_blocks=True),
     },
     "test_compile_field": {"TokenizerConfig.compile": lambda w, t: dataclasses.replace(t, compile=False)},
     "test_probe_batch_size": {"ProbeConfig.batch_size": lambda w, p: dataclasses.replace(p, batch_size=3)},

@@ -151,6 +151,12 @@ class TokenizerConfig:
     # ---- how it runs (numbers do not depend on these)
     compile: bool = unversioned(True, source="ours",
                                 doc="torch.compile each block on CUDA (ignored on CPU); eager and compiled agree to float rounding")
+    checkpoint_blocks: bool = unversioned(False, source="ours: set by the planner's memory plan",
+                                          doc="activation checkpointing of every transformer block (recomputed in "
+                                              "backward, RNG replayed): less memory, the same numbers")
+    micro_batches: int = spec(1, ge=1, source="ours: set by the planner's memory plan",
+                              doc="each objective's per-GPU batch in this many micro-batches; the global losses "
+                                  "(CLIP, KoLeo) through gradient caching")
     ckpt_every: int = unversioned(500, gt=0, source="ours", doc="checkpoint cadence in steps")
     log_every: int = unversioned(50, gt=0, source="ours", doc="log cadence in steps")
     num_workers: int = unversioned(0, ge=0, source="ours", doc="data-loader workers")

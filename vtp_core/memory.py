@@ -486,6 +486,13 @@ def parse_strategy(strategy: str) -> tuple[bool, int]:
     return ckpt, k
 
 
+def strategy_name(checkpoint: bool, micro_batches: int) -> str:
+    """The inverse of `parse_strategy`: the trainer's two fields as a strategy name."""
+    if micro_batches > 1:
+        return f"checkpoint+microbatch:{micro_batches}" if checkpoint else f"microbatch:{micro_batches}"
+    return "checkpoint" if checkpoint else "none"
+
+
 def _at(model: dict, points: list, n: float, get) -> float:
     """The line through the two calibration points of one piece, at n images."""
     (n0, n1), (v0, v1) = model["n"], (get(points[0]), get(points[1]))

@@ -33,11 +33,13 @@ class Teacher(nn.Module):
         self.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: Tokenizer, momentum: float) -> None:
-        """θ_t <- m·θ_t + (1-m)·θ_s over encoder and head."""
+    def update(self, model: Tokenizer, momentum: float, apply: torch.Tensor | None = None) -> None:
+        """θ_t <- m·θ_t + (1-m)·θ_s over encoder and head; `apply` (a 0-dim bool on the device): update only
+        if true, decided on the device (the trainer's non-finite-step guard, no host read)."""
         t_params = list(self.encoder.parameters()) + list(self.dino_head.parameters())
         s_params = list(model.encoder.parameters()) + list(model.dino_head.parameters())
-        torch._foreach_lerp_(t_params, [p.detach() for p in s_params], 1.0 - momentum)
+        weight = 1.0 - momentum if apply is None else (1.0 - momentum) * apply.to(t_params[0].dtype)
+        torch._foreach_lerp_(t_params, [p.detach() for p in s_params], weight)
 
 
 def active_objectives(model: Tokenizer) -> tuple[str, ...]:
@@ -58,9 +60,7 @@ def step_losses(model: Tokenizer, teacher: Teacher | None, batch: dict[str, torc
                                        cfg.lambda_lpips))
         total = total + cfg.lambda_rec * out["rec"]
     if "clip" in objectives:
-        t, _ = model.encoder.tokens(batch["clip_images"], drop_rate=cfg.clip_drop_rate)
-        img = model.visual_proj(model.head_input(t[:, 0]))
-        txt = model.text(batch["clip_text"])
+        img, txt = clip_embeddings(model, batch["clip_images"], batch["clip_text"])
         out["clip"] = clip_loss(gather_with_grad(img), gather_with_grad(txt), model.logit_scale, cfg.logit_scale_max)
         total = total + model.lambda_clip * out["clip"]
     if "ssl" in objectives:
@@ -70,33 +70,61 @@ def step_losses(model: Tokenizer, teacher: Teacher | None, batch: dict[str, torc
     return out
 
 
-def _ssl_losses(model: Tokenizer, teacher: Teacher, batch: dict[str, torch.Tensor], teacher_temp: float):
+def clip_embeddings(model: Tokenizer, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLIP loss's inputs for this rank's slice: image embeddings (encoder CLS through the visual
+    projection) and text embeddings, (B, E) each, unnormalised."""
+    t, _ = model.encoder.tokens(images, drop_rate=model.cfg.clip_drop_rate)
+    return model.visual_proj(model.head_input(t[:, 0])), model.text(text)
+
+
+@torch.no_grad()
+def ssl_teacher(teacher: Teacher, cfg: TokenizerConfig, glob: torch.Tensor, mask_idx: torch.Tensor,
+                teacher_temp: float) -> dict[str, torch.Tensor]:
+    """The EMA teacher on the global crops: DINO-head logits of the CLS tokens ('cls', (2B, K)) and of the
+    student's masked patches ('patch'), and their centred, sharpened probabilities ('cls_p', 'patch_p')."""
+    t_tok, _ = teacher.encoder.tokens(glob)
+    t_in = teacher.encoder.bottleneck(t_tok) if cfg.heads_read == "bottleneck" else t_tok
+    t_cls = teacher.dino_head(t_in[:, 0])
+    t_patch = teacher.dino_head(t_in[:, 1:].flatten(0, 1).index_select(0, mask_idx))
+    return {"cls": t_cls, "patch": t_patch, "cls_p": teacher.dino_center.teacher_probs(t_cls, teacher_temp),
+            "patch_p": teacher.ibot_center.teacher_probs(t_patch, teacher_temp)}
+
+
+def ssl_student(model: Tokenizer, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The student on the global crops (masked) and the local crops: DINO-head logits of the global CLS
+    ('cls'), of the masked patches ('patch') and of the local CLS ('loc'), and the global CLS features KoLeo
+    spreads ('cls_features', (2B, D))."""
     cfg = model.cfg
-    glob, loc = batch["global_views"], batch["local_views"]
-    mask_idx, mask_w = batch["mask_idx"], batch["mask_weight"]  # flat indices into (2B*N) patches
-    with torch.no_grad():
-        t_tok, _ = teacher.encoder.tokens(glob)
-        t_in = teacher.encoder.bottleneck(t_tok) if cfg.heads_read == "bottleneck" else t_tok
-        t_cls = teacher.dino_head(t_in[:, 0])
-        t_patch = teacher.dino_head(t_in[:, 1:].flatten(0, 1).index_select(0, mask_idx))
-        t_cls_p = teacher.dino_center.teacher_probs(t_cls, teacher_temp)
-        t_patch_p = teacher.ibot_center.teacher_probs(t_patch, teacher_temp)
-    s_tok, _ = model.encoder.tokens(glob, mask=batch["masks"], drop_rate=cfg.ssl_drop_rate)
+    s_tok, _ = model.encoder.tokens(batch["global_views"], mask=batch["masks"], drop_rate=cfg.ssl_drop_rate)
     s_in = model.head_input(s_tok)
     s_cls = model.dino_head(s_in[:, 0])
-    s_patch = model.dino_head(s_in[:, 1:].flatten(0, 1).index_select(0, mask_idx))
+    s_patch = model.dino_head(s_in[:, 1:].flatten(0, 1).index_select(0, batch["mask_idx"]))
     if cfg.n_local_crops:
-        l_tok, _ = model.encoder.tokens(loc, drop_rate=cfg.ssl_drop_rate)
+        l_tok, _ = model.encoder.tokens(batch["local_views"], drop_rate=cfg.ssl_drop_rate)
         s_loc = model.dino_head(model.head_input(l_tok[:, 0]))
     else:
         s_loc = s_cls[:0]
+    return {"cls": s_cls, "patch": s_patch, "loc": s_loc, "cls_features": s_in[:, 0]}
+
+
+def koleo_term(cls_features: torch.Tensor) -> torch.Tensor:
+    """KoLeo of each global view's CLS features over the whole global batch (gathered across ranks), summed
+    over the two views; `cls_features` (2B, D) stacked [view0; view1]."""
+    return sum(koleo_loss(gather_with_grad(c)) for c in cls_features.chunk(2))
+
+
+def _ssl_losses(model: Tokenizer, teacher: Teacher, batch: dict[str, torch.Tensor], teacher_temp: float):
+    cfg = model.cfg
+    glob = batch["global_views"]
+    t = ssl_teacher(teacher, cfg, glob, batch["mask_idx"], teacher_temp)
+    s = ssl_student(model, batch)
     out = {
-        "dino": dino_loss(s_cls, s_loc, t_cls_p, cfg.n_local_crops, cfg.student_temp),
-        "ibot": ibot_loss(s_patch, t_patch_p, mask_w, glob.shape[0], cfg.student_temp),
-        "koleo": sum(koleo_loss(gather_with_grad(c)) for c in s_in[:, 0].chunk(2)),  # global neighbours
+        "dino": dino_loss(s["cls"], s["loc"], t["cls_p"], cfg.n_local_crops, cfg.student_temp),
+        "ibot": ibot_loss(s["patch"], t["patch_p"], batch["mask_weight"], glob.shape[0], cfg.student_temp),
+        "koleo": koleo_term(s["cls_features"]),
     }
     out["ssl"] = out["dino"] + out["ibot"] + cfg.koleo_weight * out["koleo"]
     if torch.is_grad_enabled() and glob.device.type != "meta":
-        teacher.dino_center.update(t_cls)
-        teacher.ibot_center.update(t_patch)
+        teacher.dino_center.update(t["cls"])
+        teacher.ibot_center.update(t["patch"])
     return out

@@ -5,10 +5,20 @@ Read top to bottom like DiT's train.py. Each step draws one batch (a pure functi
 the whole batch feeds CLIP, random subsets of batch·ssl_fraction and batch·rec_fraction feed the SSL
 multi-crop and the reconstruction; one AdamW step on λ_rec·L_rec + λ_ssl·L_ssl + λ_clip·L_clip
 (METHOD.md §2.5, §3), then the EMA teacher update. Checkpoints hold everything needed for a
-bit-identical resume on CPU. A non-finite loss raises `Diverged` before the step touches the weights.
+bit-identical resume on CPU.
+
 With WORLD_SIZE > 1 the step runs under DistributedDataParallel (`vtp_core.distributed`): the several
 encoder passes of one step (CLIP, SSL student views, reconstruction) are one forward of `StepModule`, so
-DDP sees one forward and one backward; rank 0 writes files.
+DDP sees one forward and one backward; rank 0 writes files. With `micro_batches` > 1 the step runs in
+micro-batches (`vtp_core.microbatch`, several backward passes) on the bare module and the gradients are
+averaged over ranks once; `checkpoint_blocks` recomputes every block in backward. The memory plan sets both.
+
+The loop never waits on the device inside a step: the losses stay on the device and are read every
+`SYNC_EVERY` steps (and at log and checkpoint steps). A non-finite step is never applied: whether the
+global-batch losses and the gradient norm are finite is a device flag that the fused AdamW kernel
+(`found_inf`) and the EMA update obey; the first such step is read at the next sync, and the run stops
+there as `Diverged` at that step, the last checkpoint untouched. The stop flag (preemption) is polled
+every step on the host and agreed across ranks at the sync points.
 """
 from __future__ import annotations
 
@@ -20,11 +30,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vtp_core import distributed, flops, stage2
+from vtp_core import distributed, flops, microbatch, stage2
 from vtp_core.batches import Prefetcher, caption_source, images_per_step, make_batch, objective_batches
 from vtp_core.config import TokenizerConfig
 from vtp_core.data import load_train
 from vtp_core.losses.lpips import load_lpips
+from vtp_core.models.layers import set_activation_checkpointing
 from vtp_core.objectives import Teacher, active_objectives, step_losses
 from vtp_core.registry import count_params
 from vtp_core.runtime import (Diverged, Preempted, StageContext, adamw, atomic_torch_save,
@@ -36,6 +47,8 @@ NO_DECAY = ("cls_token", "mask_token", "positional_embedding", "logit_scale", "p
 # final_losses: means over the last 20 steps (or all, if fewer), not over log_every: log_every is unversioned,
 # so it may change log lines but no number (tests/test_unversioned_fields.py)
 FINAL_LOSS_WINDOW = 20
+# host reads (losses, the divergence flag, the agreed stop flag) every this many steps, and at log/checkpoint steps
+SYNC_EVERY = 10
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -96,7 +109,7 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
     images, labels = load_train(cfg.data)
     active = active_objectives(model)
     captions = caption_source(cfg.data, model.text.size.context_length) if "clip" in active else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
 
     step, wall_before, window, s2_losses, lr_peak = 0, 0.0, {}, {}, 0.0
     if ctx.ckpt_path.is_file():
@@ -112,6 +125,7 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
         lr_peak = float(ck.get("lr_peak", 0.0))
         log.info("pretrain: resumed from %s at step %d (stage 2 step %d)", ctx.ckpt_path, step, s2.step if s2 else 0)
     maybe_compile(model, teacher, cfg, device)
+    set_activation_checkpointing(model, cfg.checkpoint_blocks)
 
     def save() -> None:
         if not distributed.is_main():
@@ -126,13 +140,22 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
     # ------------------------------------------------------------------ stage 1
     # DDP is built after the resume (its broadcast of rank 0's weights is then a no-op). Recipes leave
     # some parameters without a gradient (the iBOT mask token outside SSL), hence find_unused_parameters;
-    # the DINO centers are all-reduced by the loss itself, hence no buffer broadcast.
-    net = distributed.wrap_ddp(StepModule(model, teacher, lpips, active), device, find_unused_parameters=True,
-                               broadcast_buffers=False)
+    # the DINO centers are all-reduced by the loss itself, hence no buffer broadcast. A step in micro-batches
+    # runs on the bare module and averages the gradients itself.
+    step_module = StepModule(model, teacher, lpips, active)
+    micro = cfg.micro_batches > 1
+    net = step_module if micro else distributed.wrap_ddp(step_module, device, find_unused_parameters=True,
+                                                         broadcast_buffers=False)
+    params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not ctx.progress, leave=False)
     model.train()
     # step s+1's batch is built on a thread while step s trains (pure in the step: changes no number)
     next_batch = Prefetcher(lambda s: make_batch(cfg, images, labels, s, active, captions, device), cfg.steps)
+    names: list[str] = []
+    pending: list[torch.Tensor] = []  # each unread step's global-batch mean losses, on the device
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step (-1: none)
+    bad_value = torch.zeros((), device=device)
+    stop_local = False
     try:
         while step < cfg.steps:
             lr = lr_at(cfg, step)
@@ -140,33 +163,49 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr
             batch = next_batch(step)
-            with autocast:
-                losses = net(batch, teacher_temp_at(cfg, step))
-            total = losses["total"]
-            # global-batch means of every loss in one all-reduce: the logged curve does not depend on the
-            # world size, and every rank takes the same branch on a non-finite total
-            names = list(losses)
-            seen = distributed.mean_across(torch.stack([losses[k].detach().float() for k in names])).tolist()
-            if not math.isfinite(seen[names.index("total")]):
-                raise Diverged(step, seen[names.index("total")])
             opt.zero_grad(set_to_none=True)
-            total.backward()  # under DDP: gradients averaged over ranks
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-            if not torch.isfinite(grad_norm):
-                raise Diverged(step, float(grad_norm))
+            if micro:
+                losses = microbatch.step(model, teacher, batch, teacher_temp_at(cfg, step), active, lpips,
+                                         cfg.micro_batches, amp)
+                distributed.average_gradients(params)
+            else:
+                with amp():
+                    losses = net(batch, teacher_temp_at(cfg, step))
+                losses["total"].backward()  # under DDP: gradients averaged over ranks
+            names = list(losses)
+            # global-batch means of every loss in one all-reduce (no host read): the logged curve does not depend
+            # on the world size, and every rank reaches the same verdict on a non-finite step
+            seen = distributed.mean_across(torch.stack([losses[k].detach().float() for k in names]))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+            ok = torch.isfinite(seen).all() & torch.isfinite(grad_norm)
+            opt.found_inf = (~ok).float()  # the fused AdamW kernel skips the update (and its step count)
             opt.step()
             if teacher is not None:
-                teacher.update(model, ema_momentum_at(cfg, step))
+                teacher.update(model, ema_momentum_at(cfg, step), ok)
+            new_bad = (first_bad < 0) & ~ok
+            total = seen[names.index("total")]
+            bad_value = torch.where(new_bad, torch.where(torch.isfinite(total), grad_norm.float(), total), bad_value)
+            first_bad = torch.where(new_bad, torch.full_like(first_bad, step), first_bad)
+            pending.append(seen)
             step += 1
-            keep = max(cfg.log_every, FINAL_LOSS_WINDOW)  # the log's window and the final one
-            window = {k: (window.get(k, []) + [v])[-keep:] for k, v in zip(names, seen)}
             bar.update(1)
+            stop_local = stop_local or ctx.stop_requested()
+            if not (step % SYNC_EVERY == 0 or step % cfg.log_every == 0 or step % cfg.ckpt_every == 0
+                    or step == cfg.steps):
+                continue
+            # ---- a sync point: the host reads what the device has accumulated
+            if int(first_bad) >= 0:
+                raise Diverged(int(first_bad), float(bad_value))
+            keep = max(cfg.log_every, FINAL_LOSS_WINDOW)  # the log's window and the final one
+            for row in torch.stack(pending).tolist():
+                window = {k: (window.get(k, []) + [v])[-keep:] for k, v in zip(names, row)}
+            pending.clear()
             if step % cfg.log_every == 0 or step == cfg.steps:
                 means = {k: sum(v[-cfg.log_every:]) / len(v[-cfg.log_every:]) for k, v in window.items()}
                 bar.set_postfix(loss=f"{means['total']:.4f}")
                 log.info("pretrain step %d/%d %s", step, cfg.steps, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
                 ctx.heartbeat({"step": step, "steps": cfg.steps, "loss": means["total"]})
-            stop = distributed.any_across(ctx.stop_requested())
+            stop = distributed.any_across(stop_local)
             if step % cfg.ckpt_every == 0 or stop:
                 save()
                 if stop and step < cfg.steps:

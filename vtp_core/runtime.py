@@ -31,7 +31,7 @@ class Diverged(RuntimeError):
     """Training produced NaN/inf; the stage is marked `diverged`, the last good checkpoint stays."""
 
     def __init__(self, step: int, loss: float):
-        super().__init__(f"non-finite loss {loss} at step {step}")
+        super().__init__(f"non-finite loss or gradient norm ({loss}) at step {step}")
         self.step, self.loss = step, loss
 
 

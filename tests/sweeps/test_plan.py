@@ -114,9 +114,10 @@ def test_pinned_ids_of_default_configs():
     # rates, rec_loss, adam_eps, warmup_fraction) were added (CODE_VERSION 2), then when each rank began to
     # draw its own slice's views from per-sample numbers (CODE_VERSION 3), then when the models were rebuilt from
     # standard parts (rotate-half RoPE, nn.Linear, F.rms_norm; `compile` unversioned) (CODE_VERSION 4; probe,
-    # latents, dit and sample 2: their numbers change with the models')
-    assert stage_id("pretrain", "t", small.tokenizer()) == "pretrain-t-41148109ec"
-    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-0830556bdd"  # the method's defaults
+    # latents, dit and sample 2: their numbers change with the models'), then when micro_batches was added and the
+    # non-finite guard moved onto the device (CODE_VERSION 5)
+    assert stage_id("pretrain", "t", small.tokenizer()) == "pretrain-t-faac5b3e5b"
+    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-57097e5441"  # the method's defaults
     assert stage_id("dit", "t", small.dit(), ["latents-x"]) == "dit-t-919e5d2fbf"
     # probe: changed from probe-t-265c4ada62 when zero_shot_resize (zero-shot preprocessing) was added, then
     # from probe-t-b72cc7526c at CODE_VERSION 2
@@ -185,3 +186,121 @@ def test_other_data_never_reuses_a_stage(write_study, fixed_costs, tmp_path, mon
     pinned = text.replace("DATA", a).replace("image_size: 32}", f"image_size: 32, checksum: '{pb.study.data.checksum}'}}")
     with pytest.raises(SpecError, match="data.checksum: the data at .* has manifest sha256"):
         plan_mod.plan(load_study(write_study(pinned)))
+
+
+MEM = "resources: {{pretrain: {{tasks_per_node: 2, gpus_per_node: 2, gpu_mem_gb: {gb}}}}}\n"
+
+
+def test_memory_plan_on_the_stage_and_in_the_dry_run(write_study, fixed_costs, tmp_path):
+    """With resources.pretrain.gpu_mem_gb the pretrain stage carries its predicted per-GPU peak and the cheapest
+    strategy that fits; the dry run shows both; no id changes; without it (the CPU demo) nothing is planned."""
+    import io
+
+    from cluster.cli import print_dry_run
+    from cluster.store import Store
+
+    text = STUDY.replace("seed: [0, 1]", "seed: [0]").replace("data_size: [0, 1000]", "data_size: [0]")
+    bare = plan_mod.plan(load_study(write_study(text)))
+    roomy = plan_mod.plan(load_study(write_study(text + MEM.format(gb=80).replace(
+        "}}\n", "}, dit: {tasks_per_node: 2, gpus_per_node: 2, gpu_mem_gb: 80}}\n"))))
+    dit = roomy.stages[roomy.cells[0].stages["dit"]]
+    assert dit.strategy == "none" and 0 < dit.mem_gb < 80 and bare.stages[dit.id].strategy == ""
+    for c in bare.cells:
+        st = bare.stages[c.stages["pretrain"]]
+        assert (st.mem_gb, st.strategy, st.mem) == (0.0, "", ())
+    for c in roomy.cells:
+        st = roomy.stages[c.stages["pretrain"]]
+        assert st.strategy == "none" and 0 < st.mem_gb <= 80 and dict(st.mem)["total"] == st.mem_gb
+        assert st.id == bare.stages[c.stages["pretrain"]].id  # the plan's memory never enters a stage id
+    out = io.StringIO()
+    print_dry_run(roomy, Store(tmp_path / "results"), out=out)
+    text_out = out.getvalue()
+    assert "GB/GPU" in text_out and "(of resources.pretrain.gpu_mem_gb = 80)" in text_out
+    clip_pre = roomy.stages[roomy.cells[-1].stages["pretrain"]]
+    assert f"memory plan clip_ssl_ae-tiny: pretrain none, {clip_pre.mem_gb:.1f} GB" in text_out
+    assert f"memory plan dit tiny: none, {dit.mem_gb:.1f} GB per GPU of 80" in text_out
+
+
+def test_memory_plan_picks_checkpointing_then_refuses(write_study, fixed_costs):
+    from vtp_core import memory
+
+    text = STUDY.replace("seed: [0, 1]", "seed: [0]").replace("data_size: [0, 1000]", "data_size: [0]")
+    p = plan_mod.plan(load_study(write_study(text + MEM.format(gb=80))))
+    tok = p.stages[p.cells[-1].stages["pretrain"]].cfg  # clip_ssl_ae, batch 16 over 2 GPUs
+    totals = {s: memory.predict(tok, 2, s)["total"] for s in memory.strategies(tok, 2)}
+    squeezed = plan_mod.plan(load_study(write_study(text + MEM.format(gb=(totals["none"] + totals["checkpoint"]) / 2))))
+    assert squeezed.stages[squeezed.cells[-1].stages["pretrain"]].strategy == "checkpoint"
+    with pytest.raises(SpecError, match=r"resources.pretrain.gpu_mem_gb: cell ae-tiny-d0-f1e9-s0 does not fit 1e-5 GB "
+                                        r"per GPU in pretrain even with checkpoint over 2 GPU\(s\): params [\d.e-]+, grads .*"
+                                        r"act_rec [\d.e-]+, recompute .* = [\d.]+ GB per GPU"):
+        plan_mod.plan(load_study(write_study(text + MEM.format(gb=1e-5))))
+
+
+def _paper_study(tmp_path, gpu_mem_gb: float):
+    """sweeps/params.yaml as shipped (an LPIPS file filled in), its pretrain GPUs given `gpu_mem_gb`."""
+    import yaml
+
+    from sweeps.schema import study_path
+    from vtp_core.losses.lpips import write_random_lpips
+
+    doc = yaml.safe_load(study_path("params").read_text())
+    weights = tmp_path / "lpips.pt"
+    doc["tokenizer"].update(lpips_weights=str(weights), lpips_sha256=write_random_lpips(weights))
+    doc["resources"]["pretrain"]["gpu_mem_gb"] = gpu_mem_gb
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    return load_study(tmp_path / "params.yaml")
+
+
+def test_paper_vtp_l_cell_memory_plan(tmp_path):
+    """The paper's params study, cell clip_ssl_ae-L (batch 16,384 over 8 GPUs): refused on a tiny GPU with its
+    numbers; on an 80 GB H100 it needs checkpointing and micro-batches (run with -s for the figures)."""
+    s = _paper_study(tmp_path, 80)
+    assert s.resources["pretrain"].gpu_mem_gb == 80 and s.resources["dit"].gpu_mem_gb == 80
+    tok = dataclasses.replace(s.tokenizer, recipe="clip_ssl_ae", encoder="L")
+    got = plan_mod.pretrain_memory(s, tok, "clip_ssl_ae-L-d0-f1.5e+18-s0")
+    parts = dict(got["mem"])
+    print(f"\nparams study, clip_ssl_ae-L over 8 GPUs of 80 GB: {got['strategy']}, {got['mem_gb']:.1f} GB per GPU: "
+          + ", ".join(f"{k} {v:.3g}" for k, v in parts.items()))
+    assert got["strategy"].startswith("checkpoint+microbatch:") and got["mem_gb"] <= 80
+    assert parts["act_clip"] > parts["params"]
+    dit = plan_mod.dit_memory(s, (64, 16, 16), "clip_ssl_ae-L-d0-f1.5e+18-s0")  # f16d64 latents at 256 px
+    print(f"params study, dit {s.dit.size} (batch {s.dit.batch_size} over 8 GPUs): {dit['strategy']}, "
+          f"{dit['mem_gb']:.1f} GB per GPU: " + ", ".join(f"{k} {v:.3g}" for k, v in dit["mem"]))
+    assert dit["strategy"] == "none" and dit["mem_gb"] <= 80
+    small_gpu = _paper_study(tmp_path, 16)
+    with pytest.raises(SpecError, match=r"params.yaml: resources.pretrain.gpu_mem_gb: cell clip_ssl_ae-L-d0-f1.5e\+18-s0 "
+                                        r"does not fit 16 GB per GPU in pretrain even with checkpoint\+microbatch:256 "
+                                        r"over 8 "
+                                        r"GPU\(s\): params [\d.]+, grads [\d.]+, adamw [\d.]+, .*act_clip [\d.]+.* GB "
+                                        r"per GPU"):
+        plan_mod.pretrain_memory(small_gpu, tok, "clip_ssl_ae-L-d0-f1.5e+18-s0")
+
+
+def test_memory_plan_reaches_the_trainer(write_study, fixed_costs):
+    """The strategy the plan picks is what pretrain runs: `checkpoint_blocks` (unversioned: the same numbers,
+    the same id) and `micro_batches` (versioned: micro-batches draw stochastic depth per part, so the id
+    changes); the estimate adds the recomputation's time. A strategy the study sets itself is checked, not
+    replaced."""
+    from vtp_core import memory
+
+    text = (STUDY.replace("seed: [0, 1]", "seed: [0]").replace("data_size: [0, 1000]", "data_size: [0]")
+            .replace("tokenizer: {batch_size: 16}", "tokenizer: {batch_size: 64}"))
+    roomy = plan_mod.plan(load_study(write_study(text + MEM.format(gb=80))))
+    pre = roomy.stages[roomy.cells[-1].stages["pretrain"]]
+    tok = pre.cfg
+    assert pre.strategy == "none" and (tok.checkpoint_blocks, tok.micro_batches) == (False, 1)
+    totals = {s: memory.predict(tok, 2, s)["total"] for s in memory.strategies(tok, 2)}
+    ck = plan_mod.plan(load_study(write_study(text + MEM.format(gb=(totals["none"] + totals["checkpoint"]) / 2))))
+    ck_pre = ck.stages[ck.cells[-1].stages["pretrain"]]
+    assert ck_pre.cfg.checkpoint_blocks and ck_pre.cfg.micro_batches == 1 and ck_pre.id == pre.id
+    assert ck_pre.seconds == pytest.approx(pre.seconds * 4 / 3)
+    micro = next(s for s in memory.strategies(tok, 2) if "microbatch" in s)
+    gb = (totals["checkpoint"] + totals[micro]) / 2
+    mb = plan_mod.plan(load_study(write_study(text + MEM.format(gb=gb))))
+    mb_pre = mb.stages[mb.cells[-1].stages["pretrain"]]
+    assert mb_pre.strategy == micro and mb_pre.cfg.micro_batches == memory.parse_strategy(micro)[1] > 1
+    assert mb_pre.cfg.checkpoint_blocks and mb_pre.id != pre.id
+    assert mb_pre.seconds == pytest.approx(pre.seconds * 5 / 3)
+    own = text.replace("tokenizer: {", "tokenizer: {micro_batches: 2, ")
+    mine = plan_mod.plan(load_study(write_study(own + MEM.format(gb=80))))
+    assert mine.stages[mine.cells[-1].stages["pretrain"]].strategy == "microbatch:2"

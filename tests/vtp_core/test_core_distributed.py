@@ -89,6 +89,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         assert type(wrapped[-1]).__name__ == "DistributedDataParallel"
         torch.save({"model": built[-1].state_dict(), "losses": torch.tensor(curve, dtype=torch.float64),
                     "first": dict(first)}, f"{out}/{recipe}/rank{rank}.pt")
+    # the memory plan's micro-batched step: no DDP, gradients averaged once after the micro-batches
+    first.clear()
+    n_wrapped = len(wrapped)
+    pretrain.run(dataclasses.replace(CFG, recipe="clip_ssl_ae", micro_batches=2),
+                 StageContext(out=f"{out}/micro", progress=False))
+    assert len(wrapped) == n_wrapped
+    torch.save({"model": built[-1].state_dict(), "first": dict(first)}, f"{out}/micro/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -143,3 +150,10 @@ def test_two_process_gloo(tmp_path, make_ctx, monkeypatch, free_port):
             assert bool((dw <= bound_w).all()), (recipe, name, dw.max().item())
         print(f"{recipe}: loss curve rel. difference {rel:.3g}; first-step gradients and weights use "
               f"{worst_g:.3g} and {worst_w:.3g} of their bounds")
+        if recipe == "clip_ssl_ae":  # two ranks in 2 micro-batches each vs one process in one pass
+            m0, m1 = torch.load(out / "micro" / "rank0.pt"), torch.load(out / "micro" / "rank1.pt")
+            assert all(torch.equal(m0["model"][k], m1["model"][k]) for k in m0["model"])
+            assert m0["first"]["grads"].keys() == g1.keys()
+            for name in g1:  # the same sums in another order (halves, micro-batches, an all-reduce)
+                a, b = g1[name].double(), m0["first"]["grads"][name].double()
+                assert (a - b).abs().max().item() <= tokens * u * a.abs().max().item(), ("micro", name)

@@ -22,9 +22,10 @@ class StopAfter:
         return self.calls >= self.n
 
 
-@pytest.mark.parametrize("recipe", ["ae", "clip_ssl_ae"])
-def test_resume_is_bit_identical(recipe, tiny_cfg, make_ctx):
-    cfg = dataclasses.replace(tiny_cfg, recipe=recipe, steps=5, ckpt_every=100)
+@pytest.mark.parametrize("recipe,micro_batches", [("ae", 1), ("clip_ssl_ae", 1), ("clip_ssl_ae", 2)])
+def test_resume_is_bit_identical(recipe, micro_batches, tiny_cfg, make_ctx):
+    cfg = dataclasses.replace(tiny_cfg, recipe=recipe, steps=5, ckpt_every=100, micro_batches=micro_batches,
+                              ssl_drop_rate=0.2)
     full = make_ctx("full")
     pretrain.run(cfg, full)
     part = make_ctx("part", stop_requested=StopAfter(2))
@@ -115,3 +116,91 @@ def test_custom_size_reloads_without_registry(tiny_cfg, make_ctx, monkeypatch):
     monkeypatch.delitem(registry._REGISTRY["encoder"], "test_custom")
     tok = load_tokenizer(ctx.out)
     assert tok.encoder.width == 32
+
+
+def test_no_host_read_between_sync_points(tiny_cfg, make_ctx, monkeypatch):
+    """The loop reads nothing from the device between sync points: the trainer's thread makes as many host
+    reads (item/tolist/bool/float/int/numpy/cpu of a tensor) in 12 steps as in 6 when both sync only at the
+    end. (The batch is built as numbers on the prefetch thread: not counted.)"""
+    import threading
+
+    main = threading.get_ident()
+    reads = {"n": 0}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            if threading.get_ident() == main:
+                reads["n"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    monkeypatch.setattr(pretrain, "SYNC_EVERY", 1000)
+    counts = []
+    for steps in (3, 6, 12):  # the first run warms the process's caches (FLOPs counts, RoPE tables)
+        cfg = dataclasses.replace(tiny_cfg, recipe="clip_ssl_ae", steps=steps, log_every=1000, ckpt_every=1000)
+        reads["n"] = 0
+        pretrain.run(cfg, make_ctx(f"n{steps}"))
+        counts.append(reads["n"])
+    assert counts[1] == counts[2], counts
+
+
+def test_stop_is_agreed_at_the_next_sync_point(tiny_cfg, make_ctx, monkeypatch):
+    """The stop flag is polled every step and acted on at the next sync point (every SYNC_EVERY steps)."""
+    monkeypatch.setattr(pretrain, "SYNC_EVERY", 4)
+    cfg = dataclasses.replace(tiny_cfg, recipe="ae", steps=9, log_every=100, ckpt_every=100)
+    ctx = make_ctx(stop_requested=StopAfter(2))
+    with pytest.raises(Preempted):
+        pretrain.run(cfg, ctx)
+    assert load_checkpoint(ctx.ckpt_path)["step"] == 4
+
+
+def test_non_finite_step_is_skipped_on_the_device_and_reported_with_its_step(tiny_cfg, make_ctx, monkeypatch):
+    """A NaN at step 1 is read at the sync point after step 4: Diverged names step 1; the optimizer (fused
+    AdamW, `found_inf`) and the EMA teacher never applied step 1, and applied steps 0, 2 and 3."""
+    real_losses, real_adamw = pretrain.step_losses, pretrain.adamw
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        out = real_losses(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 2:  # step index 1
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    changed = []
+
+    def recording_adamw(*a, **k):
+        opt = real_adamw(*a, **k)
+        step = opt.step
+
+        def recorded(*sa, **sk):
+            before = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+            out = step(*sa, **sk)
+            after = [p.detach() for g in opt.param_groups for p in g["params"]]
+            changed.append(any(not torch.equal(x, y) for x, y in zip(before, after)))
+            return out
+
+        opt.step = recorded
+        return opt
+
+    teacher_changed = []
+    real_update = pretrain.Teacher.update
+
+    def update(self, model, momentum, apply=None):
+        before = [p.clone() for p in self.encoder.parameters()]
+        real_update(self, model, momentum, apply)
+        teacher_changed.append(any(not torch.equal(x, y) for x, y in zip(before, self.encoder.parameters())))
+
+    monkeypatch.setattr(pretrain, "step_losses", poisoned)
+    monkeypatch.setattr(pretrain, "adamw", recording_adamw)
+    monkeypatch.setattr(pretrain.Teacher, "update", update)
+    monkeypatch.setattr(pretrain, "SYNC_EVERY", 4)
+    ctx = make_ctx()
+    cfg = dataclasses.replace(tiny_cfg, recipe="clip_ssl_ae", steps=8, log_every=100, ckpt_every=100,
+                              ema_momentum=0.5)
+    with pytest.raises(Diverged) as err:
+        pretrain.run(cfg, ctx)
+    assert err.value.step == 1
+    assert changed == [True, False, True, True] and teacher_changed == [True, False, True, True]
+    assert not ctx.ckpt_path.exists() and not (ctx.out / "tokenizer.pt").exists()

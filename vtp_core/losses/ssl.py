@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtp_core.distributed import mean_across, world_size
+from vtp_core.distributed import mean_across
 
 
 class DINOCenter(nn.Module):
@@ -28,13 +28,16 @@ class DINOCenter(nn.Module):
     @torch.no_grad()
     def update(self, logits: torch.Tensor) -> None:
         """center <- m·center + (1-m)·(batch mean of teacher logits, averaged over ranks)."""
-        if world_size() > 1:  # the global mean, also when ranks hold different numbers of rows (iBOT)
-            both = torch.cat([logits.float().sum(0, keepdim=True),
-                              logits.new_full((1, 1), logits.shape[0], dtype=torch.float32)], dim=1)
-            both = mean_across(both)
-            mean = both[:, :-1] / both[:, -1:] if both[0, -1] > 0 else self.center
-        else:
-            mean = logits.float().mean(0, keepdim=True) if logits.shape[0] else self.center
+        self.update_from_sum(logits.float().sum(0, keepdim=True), logits.shape[0])
+
+    @torch.no_grad()
+    def update_from_sum(self, total: torch.Tensor, count: int) -> None:
+        """The same from the sum of the logits (1, K) and their number on this rank (a step in micro-batches
+        adds its parts): the global mean over every rank's rows, also when ranks hold different numbers of
+        rows (iBOT), kept on the device (no host read); no rows anywhere leaves the center as it is."""
+        both = mean_across(torch.cat([total.float(), total.new_full((1, 1), float(count), dtype=torch.float32)], 1))
+        n = both[:, -1:]
+        mean = torch.where(n > 0, both[:, :-1] / n.clamp(min=torch.finfo(torch.float32).tiny), self.center)
         self.center.mul_(self.momentum).add_(mean, alpha=1 - self.momentum)
 
 

@@ -15,11 +15,31 @@ import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.layers import RotaryEmbeddingCat, RotaryEmbeddingDinoV3, SwiGLU, apply_rot_embed_cat
 
 from vtp_core.config import QKV_BIAS
 
-__all__ = ["Attention", "Block", "RmsNorm", "SwiGLU", "dinov3_rope", "eva_rope", "sample_drop_add"]
+__all__ = ["Attention", "Block", "RmsNorm", "SwiGLU", "dinov3_rope", "eva_rope", "run_blocks", "sample_drop_add",
+           "set_activation_checkpointing"]
+
+
+def run_blocks(blocks, x: torch.Tensor, checkpointed: bool = False, **kwargs) -> torch.Tensor:
+    """x through `blocks` in order (each called as block(x, **kwargs)). `checkpointed`: while autograd records,
+    each block runs under `torch.utils.checkpoint` (non-reentrant): it keeps its input, not its interior, and
+    runs again in backward with the RNG state it had (sample-drop draws replay), so the numbers are the same."""
+    record = checkpointed and torch.is_grad_enabled()
+    for blk in blocks:
+        x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False, **kwargs) if record else blk(x, **kwargs)
+    return x
+
+
+def set_activation_checkpointing(model: nn.Module, on: bool) -> None:
+    """Switch `run_blocks` checkpointing on or off in every block stack of `model` (the modules that carry a
+    `checkpoint_blocks` flag)."""
+    for m in model.modules():
+        if hasattr(m, "checkpoint_blocks"):
+            m.checkpoint_blocks = bool(on)
 
 
 @functools.lru_cache(maxsize=64)

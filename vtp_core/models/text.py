@@ -16,6 +16,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm
 from timm.models.eva import EvaBlock
 
+from vtp_core.models.layers import run_blocks
 from vtp_core.openclip_files import open_clip_file, open_clip_module
 from vtp_core.registry import TextSize
 
@@ -50,6 +51,7 @@ class TextTower(nn.Module):
         )
         self.ln_final = norm(w)
         self.text_projection = nn.Parameter(torch.empty(w, size.embed_dim))
+        self.checkpoint_blocks = False  # `layers.set_activation_checkpointing`
         self._init()
 
     def _init(self) -> None:
@@ -77,8 +79,6 @@ class TextTower(nn.Module):
         """ids (B, ctx) CLIP BPE -> text embedding (B, embed_dim), unnormalised."""
         ids = self.fold_ids(ids)
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
-        for blk in self.blocks:
-            x = blk(x, is_causal=True)
-        x = self.ln_final(x)
+        x = self.ln_final(run_blocks(self.blocks, x, self.checkpoint_blocks, is_causal=True))
         x = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]
         return x @ self.text_projection

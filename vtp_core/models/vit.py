@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm, trunc_normal_
 
-from vtp_core.models.layers import Block, RmsNorm, dinov3_rope
+from vtp_core.models.layers import Block, RmsNorm, dinov3_rope, run_blocks
 from vtp_core.registry import ViTSize, swiglu_hidden
 
 
@@ -40,12 +40,11 @@ class RopeStack(nn.Module):
         self.blocks = nn.ModuleList(Block(size.width, size.heads, hidden, norm_layer, qkv_bias, qk_norm)
                                     for _ in range(size.depth))
         self.norm = norm_layer(size.width)
+        self.checkpoint_blocks = False  # `layers.set_activation_checkpointing`
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int], drop_rate: float = 0.0) -> torch.Tensor:
         rope = dinov3_rope(self.head_dim, tuple(hw), self.rope_base, self.n_prefix, x.device)
-        for blk in self.blocks:
-            x = blk(x, rope=rope, drop_rate=drop_rate)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x, self.checkpoint_blocks, rope=rope, drop_rate=drop_rate))
 
 
 class ViTEncoder(nn.Module):
