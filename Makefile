@@ -21,7 +21,7 @@ A ?= ae
 B ?= clip_ssl_ae
 KILLS ?= 10
 
-.PHONY: help install demo test sweep rehearse status collect report compare tune faults mlflow-ui bench slurm-up slurm-down clean-results
+.PHONY: help install demo test sweep rehearse status collect report compare tune faults mlflow-ui bench gpu-check slurm-up slurm-down clean-results
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ mlflow-ui: install ## browse the MLflow index on http://127.0.0.1:5000 (local on
 bench: install ## benchmarks with ratios against references measured in the same run
 	@$(PY) -c "import diffusers" 2>/dev/null || .venv/bin/pip install -q -e '.[bench]'
 	$(PY) -m bench
+
+gpu-check: install ## on one GPU (<= 8 min): MFU, eager vs compiled loss, memory plan vs measured, a micro study; one table
+	$(PY) -m bench.gpu_check --out $(RESULTS)/gpu-check
 
 slurm-up: ## install (Debian) and start a one-node SLURM on this machine (for EXECUTOR=slurm tests/demos)
 	./scripts/slurm_local.sh up

@@ -4,12 +4,11 @@ encoder + decoder of the same width, depth and token count timed in the same run
 The S and B steps run at their training shape (256 px / p16, 257 tokens) in bf16 (autocast, fused AdamW, SDPA),
 eager and `torch.compile`d (ours as the trainer compiles it, each block: `compile_towers`; the reference whole),
 and each row adds MFU: the step's FLOPs counted by `torch.utils.flop_counter` on the step itself, per second,
-over the GPU's dense bf16 peak. The two sides alternate in time over several rounds (the order flipped every
-round) and the row reports medians, so machine drift hits both alike. Without CUDA the rows say so and are
-skipped: this is a GPU benchmark (the CPU is not a target of this project)."""
+over the GPU's dense bf16 peak (`bench/peaks.py`). The two sides alternate in time over several rounds (the
+order flipped every round) and the row reports medians, so machine drift hits both alike. Without CUDA the rows
+say so and are skipped: this is a GPU benchmark (the CPU is not a target of this project)."""
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
@@ -17,11 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.peaks import peak_tflops
 from vtp_core.runtime import adamw
 
-# dense bf16 tensor-core peaks (TFLOP/s) by device-name substring; VTP_PEAK_TFLOPS overrides
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
-                    "RTX 4090": 165.0}
 SIZES = ("S", "B")
 COMPILED = (None, "inductor")
 
@@ -93,10 +90,8 @@ class _Stepper:
         self.step()
 
 
-def _pair(encoder: str, image_size: int, patch: int, channels: int, batch: int,
-          device: str) -> tuple[_Stepper, _Stepper]:
-    """Ours (the `ae` tokenizer as the trainer builds it) and the reference, on the same fixed batch."""
-    from vtp_core import registry
+def ae_step(encoder: str, image_size: int, patch: int, channels: int, batch: int, device: str) -> _Stepper:
+    """Ours: the `ae` tokenizer as the trainer builds it (decoder of the encoder's size), on a fixed batch."""
     from vtp_core.config import DataConfig, TokenizerConfig
     from vtp_core.tokenizer import build_tokenizer
 
@@ -105,11 +100,19 @@ def _pair(encoder: str, image_size: int, patch: int, channels: int, batch: int,
     cfg = TokenizerConfig(recipe="ae", encoder=encoder, decoder=encoder, patch=patch, latent_channels=channels,
                           data=DataConfig(image_size=image_size))
     model = build_tokenizer(cfg).to(device)
-    ours = _Stepper("ours", model, lambda v: model.decode(model.encode(v)), x)
+    return _Stepper("ours", model, lambda v: model.decode(model.encode(v)), x)
+
+
+def _pair(encoder: str, image_size: int, patch: int, channels: int, batch: int,
+          device: str) -> tuple[_Stepper, _Stepper]:
+    """Ours (`ae_step`) and the reference, on the same fixed batch."""
+    from vtp_core import registry
+
+    ours = ae_step(encoder, image_size, patch, channels, batch, device)
     torch.manual_seed(0)
     ref_model = TimmAE(registry.get("encoder", encoder), registry.get("decoder", encoder), image_size, patch,
                        channels).to(device)
-    return ours, _Stepper("ref", ref_model, ref_model, x)
+    return ours, _Stepper("ref", ref_model, ref_model, ours.x)
 
 
 def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int,
@@ -129,10 +132,7 @@ def _alternate(ours: _Stepper, ref: _Stepper, rounds: int, iters: int,
 
 
 def _peak_tflops() -> float | None:
-    if os.environ.get("VTP_PEAK_TFLOPS"):
-        return float(os.environ["VTP_PEAK_TFLOPS"])
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return peak_tflops(torch.cuda.get_device_name())
 
 
 def _sig(x: float, digits: int = 4) -> float:

@@ -4,8 +4,10 @@ Why predicted: the paper's batch (16,384 images over 8 GPUs: 2,048 ViT-L images 
 crops and the reconstruction subset, all alive in one graph) does not fit an 80 GB GPU as `pretrain` runs it.
 The planner must say so, and say what would fit, before a job waits in a queue and dies of OOM.
 
-The prediction (GB = 2^30 bytes, per GPU) is the step's peak: the end of the forward, when every objective's
-activations are saved and the last step's gradients still exist (`pretrain` zeroes them after the forward):
+The prediction (GB = 2^30 bytes, per GPU) bounds the step's peak: every objective's activations saved at the end
+of the forward plus a full set of gradients. `pretrain` frees the last step's gradients before the forward, but
+backward allocates the new ones while most activations are still alive, so both are counted (an upper bound by
+at most the gradients' size):
 
 - `params`, `grads`: the Tokenizer's trainable parameters and their gradients, fp32;
 - `adamw`: AdamW's two fp32 states per parameter;

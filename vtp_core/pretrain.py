@@ -49,6 +49,7 @@ NO_DECAY = ("cls_token", "mask_token", "positional_embedding", "logit_scale", "p
 FINAL_LOSS_WINDOW = 20
 # host reads (losses, the divergence flag, the agreed stop flag) every this many steps, and at log/checkpoint steps
 SYNC_EVERY = 10
+RECOMPILE_LIMIT = 64  # compiled graphs per block code object (`compile_towers`)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -80,6 +81,12 @@ def compile_towers(model: Tokenizer, teacher: Teacher | None = None, **compile_k
     of a stack share one compiled graph per input shape (dynamo treats their parameters as inputs), compile
     time does not grow with depth, and the code between blocks (patch embedding, RoPE table, heads) stays
     eager. Shapes are specialised (`dynamic=False`): a step has a few fixed batch/crop shapes."""
+    # every Block instance shares one code object, and dynamo keeps at most `recompile_limit` (8) graphs per code
+    # object: the encoder alone sees ~6 variants (CLIP, SSL global/local, rec batches, their drop rates, the
+    # teacher without grad), the decoder and micro-batch passes more. Past the limit a block silently runs eager.
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     stacks = [model.encoder.trunk.blocks, model.decoder.stack.blocks]
     stacks += [model.text.blocks] if hasattr(model, "text") else []
     stacks += [teacher.encoder.trunk.blocks] if teacher is not None else []
