@@ -8,13 +8,11 @@ numbers; each rank then materialises only its own slice (`make_batch`).
 from __future__ import annotations
 
 import functools
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 import torch
 
-from vtp_core.config import RECIPES, TokenizerConfig
+from vtp_core.config import RECIPES, TokenizerConfig, shuffle_chunk
 from vtp_core.distributed import rank, world_size
 from vtp_core.data import TEMPLATES, caption, class_names, load_train_captions, normalize
 from vtp_core.data.views import block_mask, crop_draws, crop_from, mask_plan
@@ -33,14 +31,43 @@ def _epoch_perm(n: int, seed: int, epoch: int) -> np.ndarray:
     return perm
 
 
-def sample_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
-    """Indices of step `step`: positions [step*batch, (step+1)*batch) of concatenated epoch permutations."""
-    start, out = step * batch, []
-    while len(out) < batch:
-        pos = start + len(out)
-        epoch, off = divmod(pos, n)
-        out.extend(_epoch_perm(n, seed, epoch)[off: off + batch - len(out)].tolist())
-    return np.asarray(out, dtype=np.int64)
+@functools.lru_cache(maxsize=2)
+def _chunk_order(n: int, chunk: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's order of the ceil(n / chunk) chunks (chunk c = images [c·chunk, (c+1)·chunk)), and the epoch
+    position where each chunk in that order starts. Memory: two int64 per chunk, not per image."""
+    n_chunks = -(-n // chunk)
+    order = torch.randperm(n_chunks, generator=_gen(seed, 3, epoch)).numpy()
+    sizes = np.where(order == n_chunks - 1, n - (n_chunks - 1) * chunk, chunk)  # the last chunk may be short
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    for a in (order, starts):
+        a.setflags(write=False)
+    return order, starts
+
+
+def _epoch_positions(n: int, seed: int, epoch: int, off: int, count: int, chunk: int) -> np.ndarray:
+    """Images at positions [off, off + count) of epoch `epoch`'s order."""
+    if chunk <= 1:
+        return _epoch_perm(n, seed, epoch)[off: off + count]
+    order, starts = _chunk_order(n, chunk, seed, epoch)
+    pos = np.arange(off, off + count)
+    k = np.searchsorted(starts, pos, side="right") - 1
+    return order[k] * chunk + (pos - starts[k])
+
+
+def sample_indices(n: int, batch: int, seed: int, step: int, chunk: int = 1) -> np.ndarray:
+    """Indices of step `step`: positions [step*batch, (step+1)*batch) of concatenated epoch orders.
+
+    `chunk` = 1: each epoch is a uniform permutation of the n images. `chunk` > 1: each epoch visits chunks of
+    `chunk` consecutive images (in file order: within a tar shard, forward through its bytes) in a seeded random
+    order, so a step reads whole runs of neighbouring members instead of one random small read per image, and a
+    rank's contiguous share of the step is a few runs of its own (`DataConfig.shuffle_chunk`)."""
+    start, parts, got = step * batch, [], 0
+    while got < batch:
+        epoch, off = divmod(start + got, n)
+        part = _epoch_positions(n, seed, epoch, off, min(batch - got, n - off), chunk)
+        parts.append(part)
+        got += len(part)
+    return np.concatenate(parts).astype(np.int64)
 
 
 def sub_batch_sizes(cfg: TokenizerConfig) -> tuple[int, int]:
@@ -110,7 +137,7 @@ def make_batch(cfg: TokenizerConfig, images: np.ndarray, labels: np.ndarray, ste
     host memory per rank is O(global batch / world size)."""
     g = _gen(cfg.seed, 2, step)
     draw = images_per_step(cfg)
-    idx = sample_indices(len(images), draw, cfg.seed, step)
+    idx = sample_indices(len(images), draw, cfg.seed, step, shuffle_chunk(cfg.data))
     b_ssl, b_rec = sub_batch_sizes(cfg)
     rec_sel = torch.randperm(draw, generator=g)[:b_rec]
     ssl_sel = torch.randperm(draw, generator=g)[:b_ssl]
@@ -160,26 +187,3 @@ def mask_tensors(masks: torch.Tensor) -> dict[str, torch.Tensor]:
     idx = flat.nonzero().squeeze(1)
     weight = (1.0 / per_img).expand_as(masks).flatten()[idx]
     return {"masks": masks, "mask_idx": idx, "mask_weight": weight}
-
-
-class Prefetcher:
-    """Builds step s+1's batch on a background thread while step s trains (lazily read data decodes
-    there). `make_batch` is a pure function of the step and draws only from its own generators, so
-    prefetching changes no number."""
-
-    def __init__(self, build: Callable[[int], dict], last_step: int):
-        self.build, self.last_step = build, last_step
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="batch")
-        self.pending: tuple[int, Future] | None = None
-
-    def __call__(self, step: int) -> dict:
-        if self.pending is not None and self.pending[0] == step:
-            batch = self.pending[1].result()
-        else:
-            batch = self.build(step)
-        nxt = step + 1
-        self.pending = (nxt, self.pool.submit(self.build, nxt)) if nxt < self.last_step else None
-        return batch
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -58,6 +58,10 @@ class DataConfig:
     # "memory" decodes a split once into RAM, "lazy" reads images from their files on access
     # (DataComp/LAION scale); "auto" picks lazy when the decoded split would exceed VTP_DECODED_MAX_GB (8)
     storage: str = unversioned("auto", choices=STORAGES, source="ours", doc="memory | lazy | auto (same pixels)")
+    shuffle_chunk: int = spec(0, ge=0, source="ours (webdataset-style shard-level shuffle)",
+                              doc="images kept together, in file order, in the sample order; the chunks are "
+                                  "shuffled every epoch. 0 = auto: 256 for tar shards (reads run forward through "
+                                  "a shard), 1 (a uniform shuffle) otherwise")
 
     def problems(self):
         if self.dataset != "fashion_mnist" and not self.path:
@@ -228,3 +232,14 @@ class ProbeConfig:
     # "center_crop" = the ADM crop the linear probe and rFID use. Versioned: it changes zero-shot numbers.
     zero_shot_resize: str = spec("squash", choices=ZERO_SHOT_RESIZES, source="released code (Resize((256, 256)), no crop)",
                                  doc="zero-shot preprocessing")
+
+
+TAR_SHUFFLE_CHUNK = 256  # ~25 MB of consecutive DataComp-sized JPEGs per run; a 16k batch spans 64 runs
+
+
+def shuffle_chunk(data: DataConfig) -> int:
+    """`data.shuffle_chunk`, with 0 resolved: `TAR_SHUFFLE_CHUNK` for tar shards, 1 (a uniform shuffle) for
+    data held in memory or read one file per image, where neighbours in file order gain nothing."""
+    if data.shuffle_chunk:
+        return data.shuffle_chunk
+    return TAR_SHUFFLE_CHUNK if data.dataset == "tar" else 1

@@ -18,7 +18,7 @@ at most the gradients' size):
 - `ddp_buckets`: DDP's flat gradient buckets (another fp32 gradient; `gradient_as_bucket_view` is off), when
   the world size is above 1;
 - `batch`: the per-GPU batch `make_batch` builds (fp32 images, tokens, masks), twice: this step's and the
-  next one the `Prefetcher` has already put on the device;
+  next one the loader (`vtp_core.loader`) has already put on the device;
 - `act_<objective>`: bytes saved for backward by that objective's forward at its per-GPU batch (CLIP: the
   whole batch / world size; SSL and rec: their subsets / world size), plus its global-batch loss (below);
 - `recompute` (activation checkpointing only): one block's saved activations, alive while it is recomputed;

@@ -31,9 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from vtp_core import distributed, flops, microbatch, stage2
-from vtp_core.batches import Prefetcher, caption_source, images_per_step, make_batch, objective_batches
+from vtp_core.batches import caption_source, images_per_step, objective_batches
 from vtp_core.config import TokenizerConfig
 from vtp_core.data import load_train
+from vtp_core.loader import step_batches
 from vtp_core.losses.lpips import load_lpips
 from vtp_core.models.layers import set_activation_checkpointing
 from vtp_core.objectives import Teacher, active_objectives, step_losses
@@ -156,8 +157,8 @@ def run(cfg: TokenizerConfig, ctx: StageContext) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not ctx.progress, leave=False)
     model.train()
-    # step s+1's batch is built on a thread while step s trains (pure in the step: changes no number)
-    next_batch = Prefetcher(lambda s: make_batch(cfg, images, labels, s, active, captions, device), cfg.steps)
+    # later steps' batches are built on a thread or in worker processes (pure in the step: changes no number)
+    next_batch = step_batches(cfg, images, labels, active, captions, step, device)
     names: list[str] = []
     pending: list[torch.Tensor] = []  # each unread step's global-batch mean losses, on the device
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step (-1: none)

@@ -1,0 +1,101 @@
+"""Step batches for the trainer: built ahead of the step that uses them, on a thread or in worker processes.
+
+A step's batch is a pure function of (seed, step, rank, world size) (`batches.make_batch`), so where and when it
+is built changes no number, and a resumed run asks for step s and gets exactly step s's batch: no loader state
+is checkpointed.
+
+- `num_workers` = 0: `ThreadPrefetcher` builds step s+1 on one background thread while step s trains (the
+  CPU-sized runs: Fashion-MNIST is in memory, and worker processes would compete with the model for 2 cores).
+- `num_workers` > 0: `WorkerBatches`, a torch `DataLoader` over `StepBatches` (item s = this rank's batch of
+  step s): each worker process builds whole steps (reads and decodes only this rank's images, makes the crops,
+  SSL views, iBOT masks and caption tokens), `prefetch_factor` steps ahead per worker, in step order; on CUDA
+  the batch arrives in pinned memory and is copied with `non_blocking=True`, so the copy overlaps the step.
+  Workers fork from the trainer (in-memory arrays and the index's memory-mapped columns are shared, not
+  copied); on CUDA the model is already on the device then, so they do not hold a copy of it.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vtp_core.batches import make_batch
+from vtp_core.config import TokenizerConfig
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on `device`; from pinned memory the copies are asynchronous (ordered on the current stream)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class ThreadPrefetcher:
+    """Builds step s+1's batch on a background thread while step s trains."""
+
+    def __init__(self, build: Callable[[int], dict], last_step: int):
+        self.build, self.last_step = build, last_step
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="batch")
+        self.pending: tuple[int, Future] | None = None
+
+    def __call__(self, step: int) -> dict:
+        if self.pending is not None and self.pending[0] == step:
+            batch = self.pending[1].result()
+        else:
+            batch = self.build(step)
+        nxt = step + 1
+        self.pending = (nxt, self.pool.submit(self.build, nxt)) if nxt < self.last_step else None
+        return batch
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StepBatches(Dataset):
+    """Item s: this rank's batch of step s, on the CPU (`make_batch`)."""
+
+    def __init__(self, cfg: TokenizerConfig, images, labels, active: tuple[str, ...], captions):
+        self.cfg, self.images, self.labels, self.active, self.captions = cfg, images, labels, active, captions
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        return make_batch(self.cfg, self.images, self.labels, int(step), self.active, self.captions, "cpu")
+
+
+def _one_thread(_worker_id: int) -> None:
+    """A worker builds one step at a time; its tensor ops need no intra-op threads (the workers are the
+    parallelism, and each would otherwise start one thread per core of the node)."""
+    torch.set_num_threads(1)
+
+
+class WorkerBatches:
+    """`num_workers` processes building steps [first_step, last_step) in order; `__call__(s)` returns step s."""
+
+    def __init__(self, data: StepBatches, first_step: int, last_step: int, num_workers: int, device: torch.device):
+        self.device, self.next_step = device, first_step
+        loader = DataLoader(data, batch_size=None, sampler=range(first_step, last_step), num_workers=num_workers,
+                            pin_memory=device.type == "cuda", prefetch_factor=2, worker_init_fn=_one_thread)
+        self.it = iter(loader)
+
+    def __call__(self, step: int) -> dict:
+        if step != self.next_step:
+            raise RuntimeError(f"loader: asked for step {step}, the workers are building step {self.next_step}")
+        self.next_step += 1
+        return to_device(next(self.it), self.device)
+
+    def close(self) -> None:
+        shutdown = getattr(self.it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def step_batches(cfg: TokenizerConfig, images, labels, active: tuple[str, ...], captions, first_step: int,
+                 device: torch.device):
+    """The trainer's batch source for steps [first_step, cfg.steps): `WorkerBatches` with `cfg.num_workers` > 0,
+    else `ThreadPrefetcher`."""
+    if cfg.num_workers > 0 and first_step < cfg.steps:
+        return WorkerBatches(StepBatches(cfg, images, labels, active, captions), first_step, cfg.steps,
+                             cfg.num_workers, device)
+    return ThreadPrefetcher(lambda s: make_batch(cfg, images, labels, s, active, captions, device), cfg.steps)
