@@ -22,6 +22,7 @@ RECIPES: dict[str, tuple[float, float]] = {
 }
 DATASETS = ("fashion_mnist", "imagefolder", "tar")
 STORAGES = ("auto", "memory", "lazy")
+DECODES = ("full", "draft")
 HEADS_READ = ("pre_bottleneck", "bottleneck")
 REC_LOSSES = ("l1_lpips", "l1")
 QKV_BIAS = ("qkv", "qv", "none")
@@ -49,6 +50,14 @@ class DataConfig:
     dataset: str = spec("tar", choices=DATASETS, source="paper §4.1 (DataComp-1B, 277M filtered)",
                         doc="fashion_mnist (Debian package), imagefolder (class folders) or tar (webdataset shards)")
     image_size: int = spec(256, gt=0, source="released code: HF config (image_size 256)", doc="side of the square training images")
+    # full: ADM's centre crop on the fully decoded image, the method's preprocessing. draft: large JPEGs
+    # are decoded at 1/2, 1/4 or 1/8 scale by libjpeg first (short side kept >= 2·image_size), then the same
+    # halvings, resize and crop: ~1.7x the images/s at 64 px from 300-600 px photos, ~2.5x at 32 (bench/decode.py),
+    # but an approximation (mean 0.9 levels at 64 px, up to ~1/3 of an edge's contrast on edge pixels; bounds in
+    # tests/vtp_core/test_core_decode.py), so versioned and off by default.
+    jpeg_decode: str = spec("full", choices=DECODES, source="ours (full = ADM center_crop_arr, the method's)",
+                            doc="full | draft: JPEGs decoded at reduced scale first (faster; within the stated "
+                                "tolerance of full, tests/vtp_core/test_core_decode.py)")
     n_train: int = spec(0, ge=0, source="grid axis data_size", doc="nested training subset; 0 = all")
     subset_seed: int = spec(0, source="ours", doc="seed of the nested-subset permutation")
     path: str = unversioned("", source="yours", doc="data folder or shard pattern (identity: checksum)")
@@ -163,7 +172,9 @@ class TokenizerConfig:
                                   "(CLIP, KoLeo) through gradient caching")
     ckpt_every: int = unversioned(500, gt=0, source="ours", doc="checkpoint cadence in steps")
     log_every: int = unversioned(50, gt=0, source="ours", doc="log cadence in steps")
-    num_workers: int = unversioned(0, ge=0, source="ours", doc="data-loader workers")
+    num_workers: int = unversioned(-1, ge=-1, source="ours",
+                                   doc="data-loader worker processes; -1 = auto: the job's CPUs less one on CUDA, "
+                                       "none on a CPU run (an in-process prefetch thread)")
 
     @property
     def lpips_on(self) -> bool:

@@ -4,9 +4,9 @@ A step's batch is a pure function of (seed, step, rank, world size) (`batches.ma
 is built changes no number, and a resumed run asks for step s and gets exactly step s's batch: no loader state
 is checkpointed.
 
-- `num_workers` = 0: `ThreadPrefetcher` builds step s+1 on one background thread while step s trains (the
+- `num_workers` = 0 (auto on a CPU run): `ThreadPrefetcher` builds step s+1 on one background thread while step s trains (the
   CPU-sized runs: Fashion-MNIST is in memory, and worker processes would compete with the model for 2 cores).
-- `num_workers` > 0: `WorkerBatches`, a torch `DataLoader` over `StepBatches` (item s = this rank's batch of
+- `num_workers` > 0 (auto on CUDA: the job's CPUs less one): `WorkerBatches`, a torch `DataLoader` over `StepBatches` (item s = this rank's batch of
   step s): each worker process builds whole steps (reads and decodes only this rank's images, makes the crops,
   SSL views, iBOT masks and caption tokens), `prefetch_factor` steps ahead per worker, in step order; on CUDA
   the batch arrives in pinned memory and is copied with `non_blocking=True`, so the copy overlaps the step.
@@ -15,14 +15,16 @@ is checkpointed.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from vtp_core.batches import make_batch
 from vtp_core.config import TokenizerConfig
+from vtp_core.runtime import cpu_budget
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -64,10 +66,29 @@ class StepBatches(Dataset):
         return make_batch(self.cfg, self.images, self.labels, int(step), self.active, self.captions, "cpu")
 
 
-def _one_thread(_worker_id: int) -> None:
-    """A worker builds one step at a time; its tensor ops need no intra-op threads (the workers are the
-    parallelism, and each would otherwise start one thread per core of the node)."""
-    torch.set_num_threads(1)
+def _init_worker(worker_id: int) -> None:
+    """Give worker `worker_id` its round-robin share of this process's CPUs (pinned, so `runtime.cpu_budget`
+    and the thread pools sized from it see the share, not the node) and fresh decode threads: an executor
+    inherited through fork has no threads in the child."""
+    from vtp_core.data import folders
+
+    n = get_worker_info().num_workers
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        share = set(cpus[worker_id::n]) or {cpus[worker_id % len(cpus)]}
+        os.sched_setaffinity(0, share)
+    except (AttributeError, OSError):  # no affinity API: one thread each
+        share = {0}
+    torch.set_num_threads(len(share))
+    folders._pool.cache_clear()
+
+
+def resolve_workers(num_workers: int, device: torch.device) -> int:
+    """`TokenizerConfig.num_workers`, with -1 (auto) resolved: on CUDA the job's CPUs less one (the trainer's
+    own thread), at least 1; on a CPU run 0 (the model needs the cores)."""
+    if num_workers >= 0:
+        return num_workers
+    return max(1, cpu_budget() - 1) if device.type == "cuda" else 0
 
 
 class WorkerBatches:
@@ -76,7 +97,7 @@ class WorkerBatches:
     def __init__(self, data: StepBatches, first_step: int, last_step: int, num_workers: int, device: torch.device):
         self.device, self.next_step = device, first_step
         loader = DataLoader(data, batch_size=None, sampler=range(first_step, last_step), num_workers=num_workers,
-                            pin_memory=device.type == "cuda", prefetch_factor=2, worker_init_fn=_one_thread)
+                            pin_memory=device.type == "cuda", prefetch_factor=2, worker_init_fn=_init_worker)
         self.it = iter(loader)
 
     def __call__(self, step: int) -> dict:
@@ -95,7 +116,8 @@ def step_batches(cfg: TokenizerConfig, images, labels, active: tuple[str, ...], 
                  device: torch.device):
     """The trainer's batch source for steps [first_step, cfg.steps): `WorkerBatches` with `cfg.num_workers` > 0,
     else `ThreadPrefetcher`."""
-    if cfg.num_workers > 0 and first_step < cfg.steps:
-        return WorkerBatches(StepBatches(cfg, images, labels, active, captions), first_step, cfg.steps,
-                             cfg.num_workers, device)
+    workers = resolve_workers(cfg.num_workers, device)
+    if workers > 0 and first_step < cfg.steps:
+        return WorkerBatches(StepBatches(cfg, images, labels, active, captions), first_step, cfg.steps, workers,
+                             device)
     return ThreadPrefetcher(lambda s: make_batch(cfg, images, labels, s, active, captions, device), cfg.steps)

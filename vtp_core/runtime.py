@@ -4,7 +4,7 @@ Every stage module exposes `run(cfg, ctx: StageContext) -> dict` (metrics, JSON-
 The caller (cluster/) owns status.json; the stage owns its folder's artefacts and checkpoints.
 This module is the lowest layer, so vtp_core and dit_eval can use it without importing cluster/.
 
-Also here: device choice, atomic file writes, and the checkpoint/RNG helpers that make resume exact.
+Also here: device choice, the CPU budget, atomic file writes, and the checkpoint/RNG helpers that make resume exact.
 """
 from __future__ import annotations
 
@@ -45,6 +45,21 @@ def pick_device(override: str | None = None) -> str:
     if dev:
         return dev
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_budget() -> int:
+    """How many CPUs this process may use: the job's allocation, not the node's. The smaller of
+    `SLURM_CPUS_PER_TASK` (the job's share when the scheduler does not pin CPUs) and the affinity mask
+    (`os.sched_getaffinity`: what a cpuset, `taskset` or a Slurm/MPI binding leaves this process); else
+    `os.cpu_count()`. Thread pools sized from the node's count would oversubscribe a shared node."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        n = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        n = min(n, int(slurm))
+    return max(1, n)
 
 
 # ---------------------------------------------------------------- the optimizer

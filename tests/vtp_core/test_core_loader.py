@@ -11,7 +11,8 @@ import torch
 from vtp_core import pretrain
 from vtp_core.batches import CaptionTable, make_batch
 from vtp_core.data import CLASS_NAMES, load_train
-from vtp_core.loader import StepBatches, ThreadPrefetcher, WorkerBatches, step_batches
+from vtp_core import loader
+from vtp_core.loader import StepBatches, ThreadPrefetcher, WorkerBatches, resolve_workers, step_batches
 from vtp_core.runtime import Preempted, load_checkpoint
 import small_configs as small
 
@@ -26,7 +27,8 @@ def _inputs():
 
 class _WithPid(StepBatches):
     def __getitem__(self, step):
-        return {**super().__getitem__(step), "pid": torch.tensor(os.getpid())}
+        return {**super().__getitem__(step), "pid": torch.tensor(os.getpid()),
+                "cpus": torch.tensor(sorted(os.sched_getaffinity(0))), "threads": torch.tensor(torch.get_num_threads())}
 
 
 def test_workers_build_make_batch_steps_in_order_outside_the_trainer():
@@ -36,6 +38,10 @@ def test_workers_build_make_batch_steps_in_order_outside_the_trainer():
         for step in range(3, cfg.steps):
             got = src(step)
             assert int(got.pop("pid")) != os.getpid()  # decoded, cropped, masked and tokenised in a worker
+            cpus, threads = got.pop("cpus").tolist(), int(got.pop("threads"))
+            mine = sorted(os.sched_getaffinity(0))
+            assert set(cpus) <= set(mine) and len(cpus) in (len(mine[0::2]), len(mine[1::2]))  # its share, pinned
+            assert threads == len(cpus)
             want = make_batch(cfg, images, labels, step, active, captions)
             assert got.keys() == want.keys()
             assert all(torch.equal(got[k], want[k]) for k in want), step
@@ -83,3 +89,11 @@ def test_resume_with_workers_is_bit_identical(tiny_cfg, make_ctx, monkeypatch):
     a = load_checkpoint(full.out / "tokenizer.pt")["model"]
     b = load_checkpoint(part.out / "tokenizer.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_workers_follow_the_job_cpus(monkeypatch):
+    monkeypatch.setattr(loader, "cpu_budget", lambda: 8)
+    assert resolve_workers(-1, torch.device("cuda")) == 7 and resolve_workers(-1, CPU) == 0
+    monkeypatch.setattr(loader, "cpu_budget", lambda: 1)
+    assert resolve_workers(-1, torch.device("cuda")) == 1
+    assert resolve_workers(3, CPU) == 3 and resolve_workers(0, torch.device("cuda")) == 0

@@ -132,7 +132,7 @@ def class_names(cfg: DataConfig, split: str = "train") -> tuple[str, ...]:
 @functools.lru_cache(maxsize=4)
 def _folder(cfg: DataConfig, split: str):
     """User data of one split: decoded into memory (`folders.Loaded`) or read lazily (same fields)."""
-    from vtp_core.data.folders import Loaded, check_manifest, load_folder_split
+    from vtp_core.data.folders import Loaded, check_manifest, load_folder_split, resize_name
     from vtp_core.data.index import load_index
     from vtp_core.data.lazy import LazyCaptions, LazyImages
 
@@ -147,17 +147,20 @@ def _folder(cfg: DataConfig, split: str):
         raise StageError(f"DataConfig.path: no images under {index.root}")
     check_manifest(cfg)
     labels = np.asarray(index.label).astype(np.int64)
-    return Loaded(LazyImages(index, cfg.image_size, cfg.max_bad_fraction), labels, LazyCaptions(index),
+    images = LazyImages(index, cfg.image_size, cfg.max_bad_fraction,  # one bad-data ledger for images and captions
+                        resize=resize_name("center_crop", cfg.jpeg_decode))
+    return Loaded(images, labels, LazyCaptions(index, images.ledger),
                   index.class_names, [], index.manifest_sha256, index, np.arange(len(index), dtype=np.int64))
 
 
 def load_images(cfg: DataConfig, split: str, idx, resize: str = "center_crop"):
     """Images `idx` of a split (positions as in `load_split`) preprocessed by `resize` ('center_crop' |
-    'squash', `folders.RESIZES`), as a lazy view for user data (decoded when indexed, batch by batch).
+    'squash', `folders.RESIZES`) after `cfg.jpeg_decode`, as a lazy view for user data (decoded when indexed,
+    batch by batch).
 
     Fashion-MNIST images are square, so squashing and centre-cropping them give the same pixels: its
     (padded or resized) split is returned for either mode."""
-    from vtp_core.data.folders import check_resize
+    from vtp_core.data.folders import check_resize, resize_name
     from vtp_core.data.lazy import LazyImages
 
     check_resize(resize)
@@ -165,7 +168,7 @@ def load_images(cfg: DataConfig, split: str, idx, resize: str = "center_crop"):
         return load_split(cfg, split)[0][np.asarray(idx)]
     ld = _folder(cfg, split)
     return LazyImages(ld.index, cfg.image_size, cfg.max_bad_fraction, np.asarray(ld.ids)[np.asarray(idx)],
-                      resize=resize)
+                      resize=resize_name(resize, cfg.jpeg_decode))
 
 
 def take(data, idx):

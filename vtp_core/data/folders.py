@@ -9,9 +9,12 @@ decoded once, centre-cropped and resized to `image_size` (ADM `center_crop_arr`)
 as uint8 NHWC, like Fashion-MNIST (the laptop/small-cluster path; `data/lazy.py` is the other).
 The one other preprocessing is `squash_arr` (the whole image resized to a square, no crop): VTP's
 zero-shot protocol (METHOD.md §5.8) uses it, the linear probe and rFID use the centre crop (§5.7).
+Either may follow a reduced-scale JPEG decode (`DataConfig.jpeg_decode: draft`, `draft`): a declared, versioned
+approximation of the full decode, faster where the image is much larger than `image_size`.
 Unreadable images are replaced by the next readable one (i+1, i+2, ..., wrapping), as `data/lazy.py`
 does, so `storage: memory` and `storage: lazy` give the same image, label and caption at every position;
-they are counted and logged by path, and more than `max_bad_fraction` stops the stage.
+a caption file that cannot be read or decoded is replaced by the class template. Both are counted and
+logged by path, and more than `max_bad_fraction` of the images stops the stage.
 `DataConfig.checksum`, when set, must equal the sha256 of the (name, size) manifest.
 """
 from __future__ import annotations
@@ -19,16 +22,15 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from vtp_core.config import DataConfig
-from vtp_core.data.index import DataIndex, load_index
-from vtp_core.runtime import StageError
+from vtp_core.config import DECODES, DataConfig
+from vtp_core.data.index import DataIndex, UnreadableCaption, load_index
+from vtp_core.runtime import StageError, cpu_budget
 
 log = logging.getLogger("vtp.data")
 
@@ -66,7 +68,46 @@ def squash_arr(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.convert("RGB").resize((size, size), resample=Image.BILINEAR))
 
 
+def draft(img: Image.Image, size: int) -> Image.Image:
+    """`img` (opened, not yet loaded) as if `center_crop_arr` had BOX-halved it n = 1, 2 or 3 times: a JPEG
+    decoded at 1/2^n scale by libjpeg (DCT scaling, PIL `draft`), n the most halvings that keep the short side
+    >= 2·size, so at least one BOX halving still runs on decoded pixels (it smooths most of the difference).
+    libjpeg's output is ceil(w/2^n) wide; it is resampled onto the floor(w/2^n) grid over exactly the original
+    extent, the grid the halvings give, so the later resize and crop see the same geometry (`squash_arr` then
+    resizes it as it would the whole image). Not a JPEG, already loaded, or short side < 4·size: `img` itself.
+
+    It is an approximation: DCT scaling keeps each 8x8 block's low frequencies instead of averaging pixels, so
+    edges come out a little sharper than the BOX chain's; tests/vtp_core/test_core_decode.py states and checks
+    the tolerance against the full decode."""
+    w, h = img.size
+    k = 1
+    while k < 8 and min(w, h) >= 4 * k * size:  # k = 2^n: one more halving still leaves short side >= 2·size
+        k *= 2
+    got = img.draft(img.mode, (w // k, h // k)) if k > 1 else None
+    if got is None:
+        return img
+    _, box = got  # the original extent in decoded pixels: (0, 0, w/k, h/k)
+    k = round(w / box[2])  # the scale PIL chose for that request (k), read back rather than assumed
+    return img.resize((w // k, h // k), Image.BOX, box=box)
+
+
+def _after_draft(resize):
+    def preprocess(img: Image.Image, size: int) -> np.ndarray:
+        return resize(draft(img, size), size)
+    return preprocess
+
+
+# name -> preprocessing; '<resize>+draft' decodes large JPEGs at reduced scale first (`resize_name`)
 RESIZES = {"center_crop": center_crop_arr, "squash": squash_arr}
+RESIZES.update({f"{name}+draft": _after_draft(fn) for name, fn in list(RESIZES.items())})
+
+
+def resize_name(resize: str, decode: str) -> str:
+    """The `RESIZES` name of `resize` ('center_crop' | 'squash') after `DataConfig.jpeg_decode` ('full' | 'draft'):
+    one string, so every reader of a resize name (`decode_many`, `lazy.LazyImages`) carries the decode too."""
+    if decode not in DECODES:
+        raise StageError(f"jpeg_decode: '{decode}'; valid: {', '.join(DECODES)}")
+    return resize if decode == "full" else f"{resize}+{decode}"
 
 
 def check_resize(resize: str, where: str = "resize") -> None:
@@ -76,13 +117,15 @@ def check_resize(resize: str, where: str = "resize") -> None:
 
 def decode(index: DataIndex, i: int, size: int, resize: str = "center_crop") -> np.ndarray:
     """Image i of the index as uint8 (size, size, 3), preprocessed by `resize` ('center_crop' = ADM
-    `center_crop_arr`, 'squash' = `squash_arr`); raises on unreadable bytes."""
+    `center_crop_arr`, 'squash' = `squash_arr`, either with '+draft': `draft` first); raises on unreadable
+    bytes."""
     with Image.open(io.BytesIO(index.image_bytes(i))) as im:
         return RESIZES[resize](im, size)
 
 
 def decode_many(index: DataIndex, ids, size: int, resize: str = "center_crop") -> list[np.ndarray | Exception]:
-    """Decode several images on a thread pool (PIL releases the GIL while decoding and resizing)."""
+    """Decode several images on a thread pool (PIL releases the GIL while decoding and resizing) of one
+    thread per CPU this process may use (`runtime.cpu_budget`), at most 16."""
     check_resize(resize)  # up front: inside `one` a bad name would read as "unreadable image"
 
     def one(i):
@@ -98,7 +141,7 @@ def decode_many(index: DataIndex, ids, size: int, resize: str = "center_crop") -
 
 @functools.lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(min(16, os.cpu_count() or 1), thread_name_prefix="decode")
+    return ThreadPoolExecutor(min(16, cpu_budget()), thread_name_prefix="decode")
 
 
 def load_folder_split(cfg: DataConfig, split: str, index: DataIndex | None = None) -> Loaded:
@@ -109,15 +152,23 @@ def load_folder_split(cfg: DataConfig, split: str, index: DataIndex | None = Non
     total = len(index)
     if total == 0:
         raise StageError(f"DataConfig.path: no images under {index.root}")
-    decoded = decode_many(index, range(total), cfg.image_size)
+    decoded = decode_many(index, range(total), cfg.image_size, resize_name("center_crop", cfg.jpeg_decode))
     bad = []
     for i, img in enumerate(decoded):
         if isinstance(img, Exception):
             bad.append(index.source(i))
             log.warning("data: unreadable image %s replaced by the next readable one (%s)", bad[-1],
                         type(img).__name__)
+    labels = np.asarray(index.label).astype(np.int64)
+    captions = []
+    for i in range(total):
+        cap, err = read_caption(index, i)
+        captions.append(cap)
+        if err:
+            bad.append(err.source)
+            log.warning("data: unreadable caption %s: the class template stands in", err)
     check_bad_fraction(bad, total, cfg.max_bad_fraction, index.root)
-    if len(bad) == total:
+    if len(decoded) and all(isinstance(img, Exception) for img in decoded):
         raise StageError(f"{index.root}: no readable image at all")
     check_manifest(cfg)
     ids = np.empty(total, dtype=np.int64)  # the next readable position at or after i, wrapping
@@ -127,19 +178,30 @@ def load_folder_split(cfg: DataConfig, split: str, index: DataIndex | None = Non
             nxt = j % total
         if j < total:
             ids[j] = nxt
-    labels = np.asarray(index.label).astype(np.int64)
-    captions = [default_caption(index.caption(i), lab, index.class_names) for i, lab in enumerate(labels)]
     if bad:
-        log.warning("data: %d of %d images under %s unreadable, each replaced by the next readable one",
-                    len(bad), total, index.root)
+        log.warning("data: %d unreadable images or captions among the %d under %s; each image replaced by the "
+                    "next readable one, each caption by the class template", len(bad), total, index.root)
     images = np.ascontiguousarray(np.stack([decoded[j] for j in ids]))
     return Loaded(images, labels, captions, index.class_names, bad, index.manifest_sha256, index, ids)
 
 
-def check_bad_fraction(bad: list[str], total: int, max_fraction: float, where) -> None:
-    if total and len(bad) / total > max_fraction:
-        raise StageError(f"{where}: {len(bad)}/{total} unreadable images exceed max_bad_fraction={max_fraction} "
-                         f"(first: {', '.join(bad[:5])})")
+def check_bad_fraction(bad: list[str], total: int, max_fraction: float, where, count: int | None = None) -> None:
+    """StageError when more than `max_fraction` of `total` images had an unreadable image or caption file.
+    `bad`: their paths (or the first of them, when `count` gives how many there are)."""
+    count = len(bad) if count is None else count
+    if total and count / total > max_fraction:
+        raise StageError(f"{where}: {count}/{total} unreadable images or captions exceed max_bad_fraction="
+                         f"{max_fraction} (first: {', '.join(bad[:5])})")
+
+
+def read_caption(index: DataIndex, i: int) -> tuple[str, UnreadableCaption | None]:
+    """Image i's caption (`default_caption`: the file's, else the class template), and the error when its caption
+    file exists but cannot be read or decoded (the template then stands in; the caller counts and logs it)."""
+    try:
+        cap, err = index.caption(i), None
+    except UnreadableCaption as exc:
+        cap, err = None, exc
+    return default_caption(cap, int(index.label[i]), index.class_names), err
 
 
 def check_manifest(cfg: DataConfig, index: DataIndex | None = None) -> None:

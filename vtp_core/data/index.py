@@ -5,37 +5,68 @@ stage would cost hours. The index records, per image, where its bytes (and its c
 (file, offset, size). Any image can then be read with one `pread`, in any order, which keeps training
 batches a pure function of (seed, step) with no loader state. Only headers are read to build it.
 
+Compact: eight numpy columns, 37 bytes per image (int32 file ids and sizes, int64 offsets, a bool, an
+int32 label) and no per-image Python object for tar data, in the finished index or while building it:
+one streaming pass over the member headers, where only the shards being scanned hold per-key records,
+turned into arrays when the shard ends (`_Columns`). DataComp-277M is then ~10 GB of columns,
+memory-mapped and shared. (ImageFolder data also lists one path per file in meta.json.)
+
 Cached under `$VTP_CACHE/data-index/<key>/` (key: dataset kind, split folder, and its listing: shard
 names, sizes and mtimes, or class folders and their mtimes), as .npy files that later processes
 memory-map (eight ranks on a node share one copy in the page cache) plus meta.json (files, class
-names, manifest sha256 — the same manifest `DataConfig.checksum` is checked against).
+names, manifest sha256 — the same manifest `DataConfig.checksum` is checked against). One process
+builds a missing cache under an exclusive lock while the others wait for it (`_build_once`).
+
+Bad data is indexed, not fatal: an empty shard has no images; a shard cut short keeps its members up to
+the cut (the member cut through reads short, so it is replaced like any unreadable image); a caption
+that cannot be read or decoded raises `UnreadableCaption`, which readers treat as a missing caption
+and count as bad data (`folders.check_bad_fraction`).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
-import io
 import json
+import logging
 import os
 import re
+import shutil
 import tarfile
+import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vtp_core.runtime import StageError, atomic_write_bytes, atomic_write_text
+from vtp_core.runtime import StageError, atomic_write_text
+
+log = logging.getLogger("vtp.data")
 
 IMG_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CAP_EXT = (".txt", ".json")
 COLUMNS = ("img_file", "img_off", "img_size", "cap_file", "cap_off", "cap_size", "cap_json", "label")
-INDEX_VERSION = 1
+DTYPES = {"img_file": np.int32, "img_off": np.int64, "img_size": np.int32, "cap_file": np.int32,
+          "cap_off": np.int64, "cap_size": np.int32, "cap_json": np.bool_, "label": np.int32}
+SIZE_MAX = int(np.iinfo(np.int32).max)  # a larger member (no image or caption is 2 GiB) is stored as size -1: unreadable
+INDEX_VERSION = 2
+
+
+class UnreadableCaption(ValueError):
+    """A caption file that exists but cannot be read (file gone or cut short) or decoded (bad UTF-8, bad JSON).
+    Readers use the class template instead, as for a missing caption, and count it as bad data."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source, self.reason = source, reason
 
 
 @dataclass
 class DataIndex:
-    """Per-image byte ranges; `cap_file` is -1 where an image has no caption file, `label` -1 where
-    its class is unknown. `files` are paths relative to `root`."""
+    """Per-image byte ranges, one numpy column each (`COLUMNS`, `DTYPES`); `cap_file` is -1 where an image has
+    no caption file, `label` -1 where its class is unknown, a size -1 where the member was too large to index.
+    `files` are paths relative to `root`."""
 
     root: Path
     files: list[str]
@@ -53,41 +84,61 @@ class DataIndex:
             raise AttributeError(name) from None
 
     def read(self, file_id: int, offset: int, size: int) -> bytes:
-        fd = os.open(self.root / self.files[file_id], os.O_RDONLY)
+        """`size` bytes at `offset` of file `file_id`. OSError when the file is gone, holds fewer bytes there
+        (a shard cut short, a file changed since indexing), or the member was too large to index (size -1)."""
+        path = self.root / self.files[file_id]
+        if size < 0:
+            raise OSError(f"{path}: member at byte {int(offset)} is larger than {SIZE_MAX} bytes")
+        fd = os.open(path, os.O_RDONLY)
         try:
-            return os.pread(fd, int(size), int(offset))
+            data = os.pread(fd, int(size), int(offset))
         finally:
             os.close(fd)
+        if len(data) != size:
+            raise OSError(f"{path}: {len(data)} of {int(size)} bytes at byte {int(offset)} (cut short or changed since indexing)")
+        return data
 
     def image_bytes(self, i: int) -> bytes:
         return self.read(self.img_file[i], self.img_off[i], self.img_size[i])
 
     def caption(self, i: int) -> str | None:
+        """Image i's caption; None when it has no caption file (or an empty one, or JSON with no caption/text).
+        UnreadableCaption when its file cannot be read or decoded."""
         if self.cap_file[i] < 0:
             return None
-        return caption_from(self.read(self.cap_file[i], self.cap_off[i], self.cap_size[i]), bool(self.cap_json[i]))
+        try:
+            return caption_from(self.read(self.cap_file[i], self.cap_off[i], self.cap_size[i]), bool(self.cap_json[i]))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise UnreadableCaption(self._name(self.cap_file[i], self.cap_off[i]), str(exc)) from None
 
     def source(self, i: int) -> str:
         """A human-readable name of image i for logs: its path, or shard:member for tar data."""
-        path = self.root / self.files[self.img_file[i]]
-        if path.suffix.lower() != ".tar" or self.img_off[i] < 512:
+        return self._name(self.img_file[i], self.img_off[i])
+
+    def caption_source(self, i: int) -> str:
+        """The same for image i's caption file (its image's path where it has none)."""
+        return self.source(i) if self.cap_file[i] < 0 else self._name(self.cap_file[i], self.cap_off[i])
+
+    def _name(self, file_id: int, offset: int) -> str:
+        path = self.root / self.files[file_id]
+        if path.suffix.lower() != ".tar" or offset < 512:
             return str(path)
         try:  # the member's header block sits right before its data (no long-name extension here)
-            name = tarfile.TarInfo.frombuf(self.read(self.img_file[i], self.img_off[i] - 512, 512),
-                                           tarfile.ENCODING, "surrogateescape").name
-        except tarfile.TarError:
-            name = f"@{int(self.img_off[i])}"
+            name = tarfile.TarInfo.frombuf(self.read(file_id, offset - 512, 512), tarfile.ENCODING, "surrogateescape").name
+        except (tarfile.TarError, OSError):  # the shard is gone or cut short: name the byte offset
+            name = f"@{int(offset)}"
         return f"{path}:{name}"
 
 
 def caption_from(data: bytes, is_json: bool) -> str | None:
-    text = data.decode("utf-8", errors="replace")
+    """The caption text of a .txt (or a .json's "caption"/"text" field); None when empty or absent. Bytes that
+    are not UTF-8, or not JSON where JSON is expected, raise ValueError: the caption is unreadable."""
+    text = data.decode("utf-8")
     if is_json:
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            return None
+        obj = json.loads(text)
         text = (obj.get("caption") or obj.get("text") or "") if isinstance(obj, dict) else ""
+        if not isinstance(text, str):
+            raise ValueError(f"JSON caption is a {type(text).__name__}, not a string")
     return text.strip() or None
 
 
@@ -141,98 +192,236 @@ def _listing(sources: list[Path], dataset: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def _scan_tar(path: Path) -> list[tuple]:
-    """(key, image member, caption member or None, class text) per image of one shard, sorted by key."""
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+@dataclass
+class _Part:
+    """The images of one shard or class folder as index columns (`label`: ids into `classes`, -1 none; `img_file`
+    and `cap_file` filled in), and their manifest lines. Everything per image is in numpy arrays."""
+
+    cols: dict[str, np.ndarray]
+    classes: list[str]
+    manifest: bytes
+
+    def __len__(self) -> int:
+        return len(self.cols["img_off"])
+
+
+def _fit(size: int) -> int:
+    return size if size <= SIZE_MAX else -1
+
+
+class _Columns:
+    """The index being built: per column, a list of numpy chunks (one per shard or class folder), written as
+    .npy without concatenating them. Memory: the columns' own bytes (`DTYPES`, 37 per image) plus one array
+    header per chunk; class texts are mapped to ids as they come and sorted once at the end."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
+        self.classes: dict[str, int] = {}  # class text -> id in order of first appearance
+        self.n = 0
+
+    def add(self, part: _Part) -> None:
+        if not len(part):
+            return
+        ids = np.array([self.classes.setdefault(c, len(self.classes)) for c in part.classes] + [-1], np.int32)
+        for c in COLUMNS:
+            col = ids[part.cols[c]] if c == "label" else part.cols[c]  # local id -1 picks the trailing -1
+            self.chunks[c].append(np.ascontiguousarray(col, dtype=DTYPES[c]))
+        self.n += len(part)
+
+    def write(self, folder: Path) -> tuple[str, ...]:
+        """Write every column to `folder/<name>.npy` (freeing its chunks as it goes); return the sorted class names
+        (labels are ids into them, as an index built in one piece would have them)."""
+        names = tuple(sorted(self.classes))
+        rank = {c: i for i, c in enumerate(names)}
+        remap = np.array([rank[c] for c in self.classes] + [-1], np.int32)  # first-seen id -> sorted id
+        for c in COLUMNS:
+            dtype = np.dtype(DTYPES[c])
+            with open(folder / f"{c}.npy", "wb") as fh:
+                np.lib.format.write_array_header_1_0(
+                    fh, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (self.n,)})
+                for chunk in self.chunks.pop(c):
+                    fh.write((remap[chunk] if c == "label" else chunk).tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+        return names
+
+
+def _scan_tar(path: Path, file_id: int = 0) -> _Part:
+    """The images of one shard, sorted by key. One pass over the member headers (tarfile seeks over the data of
+    an uncompressed shard); one small record per key of this shard, released when it returns.
+
+    Keys group members: the first image extension met is the image, `.txt` before `.json` is the caption,
+    `.cls` the class text. Bad shards are logged by path and indexed as far as they can be read: an empty file
+    has no images; a shard cut short keeps its members up to the cut (the member cut through reads short, so
+    it is replaced and counted when read); an unparsable header ends the shard there."""
+    size = path.stat().st_size
+    if size < tarfile.BLOCKSIZE:
+        log.warning("data: %s shard %s (%d bytes): no images", "empty" if size == 0 else "cut short", path, size)
+        return _Part({c: np.zeros(0, DTYPES[c]) for c in COLUMNS}, [], b"")
     try:
         tf = tarfile.open(path, "r:")  # byte offsets are only meaningful in an uncompressed tar
     except tarfile.ReadError as exc:
         raise StageError(f"{path}: not an uncompressed tar shard ({exc}); allowed: plain .tar files") from None
+    # key -> [image ext, image name, offset, size, txt offset, txt size, json offset, json size, cls offset, cls size]
+    groups: dict[str, list] = {}
     with tf:
-        for m in tf:  # headers only: tarfile seeks over the data of uncompressed shards
-            if m.isfile():
-                key, dot, ext = m.name.rpartition(".")
-                if dot:
-                    groups.setdefault(key, {})["." + ext.lower()] = m
-        rows = []
-        for key in sorted(groups):
-            g = groups[key]
-            img = next((m for e, m in g.items() if e in IMG_EXT), None)
-            if img is None:
+        last = "the first"
+        while True:
+            try:
+                m = tf.next()
+            except tarfile.ReadError as exc:  # "unexpected end of data": the file ends inside the last member
+                log.warning("data: shard %s is cut short in member %s (%s): the members before the cut are indexed",
+                            path, last, exc)
+                break
+            if m is None:
+                tf.fileobj.seek(tf.offset)
+                if tf.fileobj.read(tarfile.BLOCKSIZE).strip(b"\0"):  # not the end-of-archive zeros, not EOF
+                    log.warning("data: shard %s has an unreadable header at byte %d after member %s (cut short or "
+                                "corrupt): the rest of the shard is skipped", path, tf.offset, last)
+                break
+            tf.members.clear()  # tarfile would otherwise keep a TarInfo per member
+            last = m.name
+            key, dot, ext = m.name.rpartition(".")
+            if not (m.isfile() and dot):
                 continue
-            cap = next((g[e] for e in CAP_EXT if e in g), None)
-            cls = tf.extractfile(g[".cls"]).read().decode().strip() if ".cls" in g else ""
-            rows.append((img, cap, cls))
-    return rows
+            ext = "." + ext.lower()
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = [None, "", 0, 0, -1, 0, -1, 0, -1, 0]
+            if ext in IMG_EXT:
+                if g[0] in (None, ext):
+                    g[0:4] = ext, m.name, m.offset_data, m.size
+            elif ext in (".txt", ".json", ".cls"):
+                at = {".txt": 4, ".json": 6, ".cls": 8}[ext]
+                g[at:at + 2] = m.offset_data, m.size
+        recs = [groups[k] for k in sorted(groups) if groups[k][0] is not None]
+        del groups
+        classes: dict[str, int] = {}
+        label = np.full(len(recs), -1, np.int32)
+        for j, r in enumerate(recs):
+            if r[8] >= 0:
+                tf.fileobj.seek(r[8])
+                data = tf.fileobj.read(r[9])
+                text = data.decode("utf-8", errors="replace").strip() if len(data) == r[9] else ""
+                if text:
+                    label[j] = classes.setdefault(text, len(classes))
+    n = len(recs)
+    txt = np.fromiter((r[4] >= 0 for r in recs), bool, n)
+    has_json = np.fromiter((r[6] >= 0 for r in recs), bool, n)
+    cap_off = np.where(txt, np.fromiter((r[4] for r in recs), np.int64, n), np.fromiter((r[6] for r in recs), np.int64, n))
+    cap_size = np.where(txt, np.fromiter((_fit(r[5]) for r in recs), np.int64, n),
+                        np.fromiter((_fit(r[7]) for r in recs), np.int64, n))
+    has_cap = txt | has_json
+    cols = {"img_file": np.full(n, file_id, np.int32), "img_off": np.fromiter((r[2] for r in recs), np.int64, n),
+            "img_size": np.fromiter((_fit(r[3]) for r in recs), np.int32, n),
+            "cap_file": np.where(has_cap, file_id, -1).astype(np.int32), "cap_off": np.where(has_cap, cap_off, 0),
+            "cap_size": np.where(has_cap, cap_size, 0).astype(np.int32), "cap_json": ~txt & has_json, "label": label}
+    manifest = "".join(f"{r[1]}\t{r[3]}\n" for r in recs).encode("utf-8", "surrogateescape")
+    return _Part(cols, list(classes), manifest)
 
 
-def _build_tar(root: Path, shards: list[Path]) -> tuple[list[str], list[tuple], hashlib._Hash]:
-    with ThreadPoolExecutor(8) as pool:  # network file systems: overlap the header reads
-        scanned = list(pool.map(_scan_tar, shards))
-    names = [str(p.relative_to(root)) for p in shards]
-    rows, manifest = [], hashlib.sha256()
-    for f, shard_rows in enumerate(scanned):
-        for img, cap, cls in shard_rows:
-            manifest.update(f"{img.name}\t{img.size}\n".encode())
-            rows.append((f, img.offset_data, img.size, f if cap else -1, cap.offset_data if cap else 0,
-                         cap.size if cap else 0, bool(cap and cap.name.lower().endswith(".json")), cls))
-    return names, rows, manifest
+def _build_tar(root: Path, shards: list[Path], out: _Columns) -> tuple[list[str], "hashlib._Hash"]:
+    manifest = hashlib.sha256()
+    with ThreadPoolExecutor(8) as pool:  # network file systems: overlap the header reads; parts come in shard order
+        try:
+            for part in pool.map(_scan_tar, shards, range(len(shards))):
+                manifest.update(part.manifest)
+                out.add(part)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a bad shard stops the build now, not after every other shard
+            raise
+    return [str(p.relative_to(root)) for p in shards], manifest
 
 
-def _build_imagefolder(d: Path, class_dirs: list[Path]) -> tuple[list[str], list[tuple], hashlib._Hash]:
+def _build_imagefolder(d: Path, class_dirs: list[Path], out: _Columns) -> tuple[list[str], "hashlib._Hash"]:
+    """Class folders in order, files by name; an image's caption is the first `.txt`/`.json` with its stem.
+    `files` holds one path per image and caption (ImageFolder data has one file per image)."""
     files: list[str] = []
-    rows, manifest = [], hashlib.sha256()
+    manifest = hashlib.sha256()
     for cls in (p.name for p in class_dirs):
         entries = sorted(os.scandir(d / cls), key=lambda e: e.name)
         by_stem: dict[str, list[str]] = {}
         for e in entries:
             by_stem.setdefault(Path(e.name).stem, []).append(e.name)
+        img_file, img_size, cap_file, cap_size, cap_json = [], [], [], [], []
         for e in entries:
             if Path(e.name).suffix.lower() not in IMG_EXT or not e.is_file():
                 continue
             size = e.stat().st_size
-            manifest.update(f"{e.name}\t{size}\n".encode())
+            manifest.update(f"{e.name}\t{size}\n".encode("utf-8", "surrogateescape"))
             cap = next((n for n in sorted(by_stem[Path(e.name).stem]) if Path(n).suffix.lower() in CAP_EXT), None)
             files.append(f"{cls}/{e.name}")
-            row = [len(files) - 1, 0, size, -1, 0, 0, False, cls]
+            img_file.append(len(files) - 1)
+            img_size.append(_fit(size))
             if cap:
                 files.append(f"{cls}/{cap}")
-                row[3:7] = [len(files) - 1, 0, (d / cls / cap).stat().st_size, cap.lower().endswith(".json")]
-            rows.append(tuple(row))
-    return files, rows, manifest
+            cap_file.append(len(files) - 1 if cap else -1)
+            cap_size.append(_fit((d / cls / cap).stat().st_size) if cap else 0)
+            cap_json.append(bool(cap) and cap.lower().endswith(".json"))
+        n = len(img_file)
+        out.add(_Part({"img_file": np.array(img_file), "img_off": np.zeros(n, np.int64), "img_size": np.array(img_size),
+                       "cap_file": np.array(cap_file), "cap_off": np.zeros(n, np.int64), "cap_size": np.array(cap_size),
+                       "cap_json": np.array(cap_json, bool), "label": np.zeros(n, np.int32)}, [cls], b""))
+    return files, manifest
 
 
 def _cache_root() -> Path:
     return Path(os.environ.get("VTP_CACHE", Path.home() / ".cache" / "vtp-scaling")) / "data-index"
 
 
+def _build_once(cache: Path, build) -> None:
+    """Make `cache` exist, built by `build(folder)` in exactly one process.
+
+    The first process to take an exclusive `flock` on `<cache>.lock` builds into a temp folder beside `cache`
+    and renames it into place (so `cache` only ever names a finished index); the others block on the lock and
+    then find it built. A builder that dies releases the lock with its file descriptor, and the next process
+    removes its temp folder and builds again. `flock` spans the nodes of a cluster on Linux NFS (emulated with
+    POSIX locks), Lustre (mounted with `flock`) and GPFS."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / f"{cache.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("data: another process is building the index %s; waiting for it", cache)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when `lock` is closed, or its process dies
+        if (cache / "meta.json").is_file():
+            return
+        for stale in cache.parent.glob(f".{cache.name}.*"):  # a dead builder's leftovers (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        if cache.exists():
+            shutil.rmtree(cache)  # no meta.json: not a finished index
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}."))
+        try:
+            build(tmp)
+            os.rename(tmp, cache)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _build(folder: Path, d: Path, sources: list[Path], dataset: str) -> None:
+    t0 = time.perf_counter()
+    cols = _Columns()
+    files, manifest = (_build_tar if dataset == "tar" else _build_imagefolder)(d, sources, cols)
+    n = cols.n
+    names = cols.write(folder)
+    atomic_write_text(folder / "meta.json", json.dumps(  # written last: the folder is a complete index
+        {"version": INDEX_VERSION, "root": str(d), "files": files, "class_names": list(names),
+         "manifest_sha256": manifest.hexdigest(), "n": n}))
+    log.info("data: indexed %d images in %d %s under %s in %.1f s", n, len(sources),
+             "shards" if dataset == "tar" else "class folders", d, time.perf_counter() - t0)
+
+
 def load_index(path: str, dataset: str, split: str) -> DataIndex:
-    """The index of `<path>/<split>` (built and cached on first use; rebuilt when the listing changes)."""
+    """The index of `<path>/<split>` (built and cached on first use by one process while any others wait;
+    rebuilt when the listing changes). Its columns are memory-mapped read-only."""
     d, sources = _sources(path, dataset, split)
     d = d.resolve()
     sources = [p.resolve() for p in sources]
     key = hashlib.sha256(json.dumps([INDEX_VERSION, dataset, str(d), _listing(sources, dataset)]).encode()).hexdigest()[:20]
     cache = _cache_root() / key
     if not (cache / "meta.json").is_file():
-        files, rows, manifest = (_build_tar if dataset == "tar" else _build_imagefolder)(d, sources)
-        names = tuple(sorted({r[-1] for r in rows if r[-1]}))
-        label = {c: i for i, c in enumerate(names)}
-        cols = {
-            "img_file": np.array([r[0] for r in rows], dtype=np.int32),
-            "img_off": np.array([r[1] for r in rows], dtype=np.int64),
-            "img_size": np.array([r[2] for r in rows], dtype=np.int64),
-            "cap_file": np.array([r[3] for r in rows], dtype=np.int32),
-            "cap_off": np.array([r[4] for r in rows], dtype=np.int64),
-            "cap_size": np.array([r[5] for r in rows], dtype=np.int64),
-            "cap_json": np.array([r[6] for r in rows], dtype=bool),
-            "label": np.array([label[r[7]] if r[7] else -1 for r in rows], dtype=np.int32),
-        }
-        for name, arr in cols.items():
-            buf = io.BytesIO()
-            np.save(buf, arr)
-            atomic_write_bytes(cache / f"{name}.npy", buf.getvalue())
-        atomic_write_text(cache / "meta.json", json.dumps(  # written last: the index is complete
-            {"root": str(d), "files": files, "class_names": list(names), "manifest_sha256": manifest.hexdigest()}))
+        _build_once(cache, lambda folder: _build(folder, d, sources, dataset))
     meta = json.loads((cache / "meta.json").read_text())
     cols = {name: np.load(cache / f"{name}.npy", mmap_mode="r") for name in COLUMNS}
     return DataIndex(Path(meta["root"]), meta["files"], tuple(meta["class_names"]), meta["manifest_sha256"], cols)
