@@ -47,6 +47,47 @@ def _experiment(client, name: str, tries: int = 5) -> str:
     raise RuntimeError(f"could not get or create MLflow experiment {name!r}")
 
 
+def _client(results: Path):
+    """An MlflowClient on the study's tracking store. The default store (results/mlflow.db) is only an index of
+    the runs table, which is re-logged in full: when a killed process left it half-migrated (MLflow creates and
+    upgrades its tables in several transactions, e.g. `table _alembic_tmp_metrics already exists`), it is moved
+    aside as mlflow.db.broken-<UTC time> (nothing is deleted) and created anew. A store given by
+    MLFLOW_TRACKING_URI is the user's and is never moved."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(results)
+    try:
+        client = MlflowClient(uri)  # opens the store: creates or upgrades its tables
+        client.search_experiments(max_results=1)
+        return client
+    except Exception as exc:  # noqa: BLE001 - any store error: see below
+        db = Path(results).resolve() / "mlflow.db"
+        if os.environ.get("MLFLOW_TRACKING_URI") or not db.exists():
+            raise
+        _forget_engine(uri)  # MLflow keeps one engine per URI, its connection still on the broken file
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            part = db.with_name(db.name + suffix)
+            if part.exists():
+                part.rename(db.with_name(f"mlflow.db.broken-{stamp}{suffix}"))
+        logging.getLogger("vtp.tracking").warning(
+            "MLflow store %s could not be opened (%s); moved aside as mlflow.db.broken-%s, logging into a new one",
+            db, str(exc).splitlines()[0][:200], stamp)
+        return MlflowClient(uri)
+
+
+def _forget_engine(uri: str) -> None:
+    """Dispose of MLflow's cached SQLAlchemy engine for `uri` (SqlAlchemyStore._engine_map, private: absent in
+    another MLflow version, then nothing to forget)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None = None, if_changed: bool = True) -> int:
     """Create/update one MLflow run per row. Returns the number of runs touched (0 when the table is
     unchanged since the last successful log, so re-running a finished study stays instant)."""
@@ -72,9 +113,8 @@ def _log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None, 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri(results))
+    client = _client(results)
     exp_id = _experiment(client, study)
     commit = commit or git_commit()
     existing = {r.data.tags.get("cell"): r.info.run_id

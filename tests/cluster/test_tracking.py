@@ -43,3 +43,26 @@ def test_concurrent_collects_make_one_experiment_and_one_run_per_cell(tmp_path):
     assert log_table(_table(5, 9.0), "s", tmp_path / "results", commit="abc") == 0, "unchanged table: nothing to log"
     runs = client.search_runs([exps[0].experiment_id])
     assert len(runs) == 5 and all(r.data.metrics["gfid"] == 9.0 for r in runs)
+
+
+def test_a_half_migrated_store_is_moved_aside_and_rebuilt(tmp_path):
+    """A process killed while MLflow created its tables leaves e.g. `_alembic_tmp_metrics` behind, and every later
+    open fails ("table _alembic_tmp_metrics already exists"). The default store is only an index of the runs
+    table: it is moved aside (kept) and rebuilt, and every cell is logged."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    from cluster.tracking import log_table, tracking_uri
+
+    results = tmp_path / "results"
+    results.mkdir()
+    con = sqlite3.connect(results / "mlflow.db")
+    con.execute("CREATE TABLE _alembic_tmp_metrics (key VARCHAR(250) NOT NULL)")
+    con.commit()
+    con.close()
+    assert log_table(_table(3, 7.0), "s", results, commit="abc") == 3
+    assert len(list(results.glob("mlflow.db.broken-*"))) == 1
+    client = MlflowClient(tracking_uri(results))
+    [exp] = [e for e in client.search_experiments() if e.name == "s"]
+    assert sorted(r.data.tags["cell"] for r in client.search_runs([exp.experiment_id])) == ["c0", "c1", "c2"]
