@@ -119,24 +119,38 @@ def decode(index: DataIndex, i: int, size: int, resize: str = "center_crop") -> 
     """Image i of the index as uint8 (size, size, 3), preprocessed by `resize` ('center_crop' = ADM
     `center_crop_arr`, 'squash' = `squash_arr`, either with '+draft': `draft` first); raises on unreadable
     bytes."""
-    with Image.open(io.BytesIO(index.image_bytes(i))) as im:
+    return decode_bytes(index.image_bytes(i), size, resize)
+
+
+DECODE_GROUP = 1024  # images whose bytes are read (in runs) before they are decoded
+
+
+def decode_bytes(data: bytes, size: int, resize: str = "center_crop") -> np.ndarray:
+    """`decode` of an image's bytes already read."""
+    with Image.open(io.BytesIO(data)) as im:
         return RESIZES[resize](im, size)
 
 
 def decode_many(index: DataIndex, ids, size: int, resize: str = "center_crop") -> list[np.ndarray | Exception]:
-    """Decode several images on a thread pool (PIL releases the GIL while decoding and resizing) of one
-    thread per CPU this process may use (`runtime.cpu_budget`), at most 16."""
+    """Decode several images: their bytes read in runs of neighbouring members (`DataIndex.image_bytes_many`),
+    then decoded on a thread pool (PIL releases the GIL while decoding and resizing) of one thread per CPU this
+    process may use (`runtime.cpu_budget`), at most 16. An unreadable image is returned as its exception."""
     check_resize(resize)  # up front: inside `one` a bad name would read as "unreadable image"
 
-    def one(i):
+    def one(data):
+        if isinstance(data, Exception):
+            return data
         try:
-            return decode(index, int(i), size, resize)
+            return decode_bytes(data, size, resize)
         except Exception as exc:  # noqa: BLE001 - any decode failure means "unreadable image"
             return exc
 
-    if len(ids) < 8:
-        return [one(i) for i in ids]
-    return list(_pool().map(one, ids))
+    ids = [int(i) for i in ids]
+    out: list[np.ndarray | Exception] = []
+    for a in range(0, len(ids), DECODE_GROUP):  # bounded bytes in flight (a whole split may be asked for)
+        blobs = index.image_bytes_many(ids[a:a + DECODE_GROUP])
+        out += [one(b) for b in blobs] if len(blobs) < 8 else list(_pool().map(one, blobs))
+    return out
 
 
 @functools.lru_cache(maxsize=1)

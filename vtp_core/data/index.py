@@ -49,6 +49,8 @@ CAP_EXT = (".txt", ".json")
 COLUMNS = ("img_file", "img_off", "img_size", "cap_file", "cap_off", "cap_size", "cap_json", "label")
 DTYPES = {"img_file": np.int32, "img_off": np.int64, "img_size": np.int32, "cap_file": np.int32,
           "cap_off": np.int64, "cap_size": np.int32, "cap_json": np.bool_, "label": np.int32}
+RUN_GAP = 64 << 10  # bytes between two members read in one run (tar headers, caption members)
+RUN_MAX = 64 << 20  # bytes of one run read
 SIZE_MAX = int(np.iinfo(np.int32).max)  # a larger member (no image or caption is 2 GiB) is stored as size -1: unreadable
 INDEX_VERSION = 2
 
@@ -100,6 +102,55 @@ class DataIndex:
 
     def image_bytes(self, i: int) -> bytes:
         return self.read(self.img_file[i], self.img_off[i], self.img_size[i])
+
+    def image_bytes_many(self, ids) -> list[bytes | OSError]:
+        """The bytes of images `ids` (in that order), read in runs: members of one file whose bytes lie within
+        `RUN_GAP` of each other (a tar member's header, its caption) are read with one `pread` of the whole run
+        (at most `RUN_MAX` bytes) and sliced. The loader samples tar data in chunks of neighbouring members
+        (`DataConfig.shuffle_chunk`), so a rank's share of a step is a few forward runs instead of one small
+        random read per image. An image that cannot be read is returned as its OSError (a run that fails is
+        read again member by member, so each error belongs to its own image)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out: list[bytes | OSError] = [b""] * len(ids)
+        order = np.lexsort((self.img_off[ids], self.img_file[ids]))
+        run: list[int] = []  # positions in `ids`, sorted by (file, offset)
+
+        def flush() -> None:
+            if run:
+                self._read_run([int(ids[k]) for k in run], run, out)
+                run.clear()
+
+        for k in order:
+            i = int(ids[k])
+            if run:
+                j = int(ids[run[-1]])
+                start = int(self.img_off[int(ids[run[0]])])
+                end = int(self.img_off[i]) + max(int(self.img_size[i]), 0)
+                if (self.img_file[i] != self.img_file[j] or self.img_size[i] < 0
+                        or int(self.img_off[i]) - (int(self.img_off[j]) + int(self.img_size[j])) > RUN_GAP
+                        or end - start > RUN_MAX):
+                    flush()
+            run.append(int(k))
+        flush()
+        return out
+
+    def _read_run(self, members: list[int], slots: list[int], out: list) -> None:
+        first, last = members[0], members[-1]
+        start = int(self.img_off[first])
+        try:
+            if self.img_size[last] < 0 or len(members) == 1:
+                raise OSError("read alone")
+            blob = self.read(self.img_file[first], start, int(self.img_off[last]) + int(self.img_size[last]) - start)
+        except OSError:  # one by one: each image gets its own bytes or its own error
+            for i, k in zip(members, slots):
+                try:
+                    out[k] = self.image_bytes(i)
+                except OSError as exc:
+                    out[k] = exc
+            return
+        for i, k in zip(members, slots):
+            a = int(self.img_off[i]) - start
+            out[k] = blob[a:a + int(self.img_size[i])]
 
     def caption(self, i: int) -> str | None:
         """Image i's caption; None when it has no caption file (or an empty one, or JSON with no caption/text).
