@@ -5,7 +5,7 @@ import importlib
 import sys
 import time
 
-MODULES = ["bench.planner", "bench.analysis", "bench.decode", "bench.tokenizer", "bench.dit"]
+MODULES = ["bench.planner", "bench.analysis", "bench.decode", "bench.loader", "bench.tokenizer", "bench.dit"]
 
 
 def main(argv: list[str]) -> int:

@@ -156,8 +156,8 @@ def make_batch(cfg: TokenizerConfig, images: np.ndarray, labels: np.ndarray, ste
         plan = mask_plan(2 * b_ssl, g, tuple(cfg.mask_ratio), cfg.mask_probability)
         mask_seeds = torch.randint(0, 1 << 62, (2 * b_ssl,), generator=g)
     need = torch.unique(torch.cat(list(parts.values())))  # sorted positions in the draw
-    x = normalize(images[idx[need.numpy()]])  # decodes lazily read images here, only this rank's
-    pix = lambda pos: x[torch.searchsorted(need, pos)]  # noqa: E731
+    u = images[idx[need.numpy()]]  # uint8 (gathered before `normalize`: 4x fewer bytes); decodes lazily read
+    pix = lambda pos: normalize(u[torch.searchsorted(need, pos).numpy()])  # noqa: E731 - images here, this rank's
     batch: dict[str, torch.Tensor] = {}
     if "rec" in active:
         batch["rec_images"] = pix(parts["rec"])

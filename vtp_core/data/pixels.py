@@ -16,7 +16,9 @@ def normalize(images: np.ndarray | torch.Tensor, device: str | torch.device = "c
     t = torch.as_tensor(images)
     if t.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 NHWC images, got {t.dtype}")
-    return t.to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+    # the same float32 ops as t.permute(0, 3, 1, 2).float().div(127.5).sub(1.0), the same numbers, in ~1/3 of
+    # the time on a CPU: the layout changes on the uint8 bytes, then two in-place passes (bench/loader.py)
+    return t.to(device).permute(0, 3, 1, 2).contiguous().float().div_(127.5).sub_(1.0)
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
