@@ -57,7 +57,6 @@ import logging
 import math
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +66,7 @@ from typing import Callable
 
 import torch
 
+from analysis.summary import git_commit
 from bench.peaks import peak_tflops
 
 GiB = float(2 ** 30)
@@ -128,25 +128,14 @@ class Env:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _sync(env: Env) -> None:
-    if env.cuda:
-        torch.cuda.synchronize()
-
-
 def _seconds_per_step(step: Callable[[], None], env: Env) -> float:
     """Median over `rounds` rounds of `iters` steps, after `warmup` steps (compilation happens there)."""
+    from dit_eval.bench import _seconds
+
     s = env.sizes
     for _ in range(s.warmup):
         step()
-    times = []
-    for _ in range(s.rounds):
-        _sync(env)
-        t0 = time.perf_counter()
-        for _ in range(s.iters):
-            step()
-        _sync(env)
-        times.append((time.perf_counter() - t0) / s.iters)
-    return statistics.median(times)
+    return statistics.median(_seconds(step, s.iters, env.cuda) for _ in range(s.rounds))
 
 
 def _speed(flops: float, seconds: float, batch: int, env: Env) -> tuple[str, dict]:
@@ -421,18 +410,6 @@ def checks(sizes: Sizes) -> list[tuple[str, str, Callable[[Env], dict]]]:
 
 
 # ---------------------------------------------------------------------------- the run and its table
-def _commit() -> str:
-    """Short HEAD, '+dirty' when tracked files differ from it; 'unknown' outside a git checkout."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
 def run_checks(env: Env, wanted: list[str] | None = None, echo=print) -> list[dict]:
     """Every row (or those whose id starts with one of `wanted`), each on its own; then the wall-time row."""
     rows, t_all = [], time.time()
@@ -469,7 +446,7 @@ def header(device: str, sizes: Sizes) -> dict:
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": name,
             "torch": torch.__version__, "cuda": torch.version.cuda if device == "cuda" else None,
-            "commit": _commit(), "sizes": "gpu" if sizes == GPU else "tiny (dry rehearsal)"}
+            "commit": git_commit(REPO), "sizes": "gpu" if sizes == GPU else "tiny (dry rehearsal)"}
 
 
 def markdown(head: dict, rows: list[dict]) -> str:

@@ -158,18 +158,17 @@ def pretrain_memory(study: Study, tok, cell_name: str) -> dict:
                        lambda st: memory.predict(tok, world, st, model))
 
 
-def with_strategy(tok, strategy: str, seconds: float) -> tuple[Any, float]:
+def with_strategy(tok, strategy: str) -> tuple[Any, float]:
     """The pretrain config that runs `strategy` (`checkpoint_blocks`, `micro_batches`: what the trainer reads)
-    and the stage's time with its recomputation: activation checkpointing runs every block's forward again
-    in backward (forward + backward ~ 3 forwards, so x4/3); micro-batches with gradient caching run the
-    towers that feed CLIP and KoLeo forward once more (at most another x4/3)."""
+    and the factor its recomputation puts on the stage's time: activation checkpointing runs every block's
+    forward again in backward (forward + backward ~ 3 forwards, so x4/3); micro-batches with gradient caching
+    run the towers that feed CLIP and KoLeo forward once more (at most another x4/3)."""
     from vtp_core import memory
 
     if not strategy:
-        return tok, seconds
+        return tok, 1.0
     ckpt, k = memory.parse_strategy(strategy)
-    tok = dataclasses.replace(tok, checkpoint_blocks=ckpt, micro_batches=k)
-    return tok, seconds * (1 + ckpt / 3 + (k > 1) / 3)
+    return dataclasses.replace(tok, checkpoint_blocks=ckpt, micro_batches=k), 1 + ckpt / 3 + (k > 1) / 3
 
 
 def dit_memory(study: Study, latent_shape: tuple[int, int, int], cell_name: str) -> dict:
@@ -285,10 +284,10 @@ def plan(study: Study) -> Plan:
         if (recipe, encoder, "memory") not in per_arch:  # depends on the architecture and batch, not the budget
             per_arch[recipe, encoder, "memory"] = pretrain_memory(s, base, cell_name)
         mem = per_arch[recipe, encoder, "memory"]
-        tok, _ = with_strategy(tok, mem.get("strategy", ""), 0.0)  # micro_batches is versioned: into the id
+        tok, slower = with_strategy(tok, mem.get("strategy", ""))  # micro_batches is versioned: into the id
         pre = _stage(s, "pretrain", f"{recipe}-{encoder}-d{fmt_num(data_size)}-n{steps}-s{seed}", tok,
                      flops=tok_flops, images=steps * draw)
-        pre = dataclasses.replace(pre, seconds=with_strategy(tok, mem.get("strategy", ""), pre.seconds)[1], **mem)
+        pre = dataclasses.replace(pre, seconds=pre.seconds * slower, **mem)
         p.add(pre)
         short = pre.id.split("-", 1)[1].rsplit("-", 1)[0]
         pr = s.probe

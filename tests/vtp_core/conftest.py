@@ -40,3 +40,20 @@ def fid_services() -> dict:
     proj = np.random.default_rng(0).standard_normal((32 * 32 * 3, 8))
     feats = lambda u: (u.reshape(len(u), -1).astype(np.float64) / 255.0) @ proj  # noqa: E731
     return {"fid_features": feats, "frechet": _numpy_frechet, "extractor_name": "randproj8"}
+
+
+class StopAfter:
+    """stop_requested() turns true once the trainer has asked `n` times (= after n steps)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+
+@pytest.fixture
+def stop_after():
+    """`StopAfter`, the class: `ctx.stop_requested = stop_after(n)`."""
+    return StopAfter

@@ -63,16 +63,7 @@ def test_the_source_follows_num_workers():
         workers.close()
 
 
-class _StopAfter:
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.n
-
-
-def test_resume_with_workers_is_bit_identical(tiny_cfg, make_ctx, monkeypatch):
+def test_resume_with_workers_is_bit_identical(tiny_cfg, make_ctx, stop_after, monkeypatch):
     """Killed at step 2 and resumed with 2 workers, against an uninterrupted run on the in-process thread: the
     same weights, bit for bit (the loader keeps no state: it restarts at the checkpoint's step)."""
     monkeypatch.setattr(pretrain, "SYNC_EVERY", 1)
@@ -80,7 +71,7 @@ def test_resume_with_workers_is_bit_identical(tiny_cfg, make_ctx, monkeypatch):
     full = make_ctx("full")
     pretrain.run(cfg, full)
     workers = dataclasses.replace(cfg, num_workers=2)
-    part = make_ctx("part", stop_requested=_StopAfter(2))
+    part = make_ctx("part", stop_requested=stop_after(2))
     with pytest.raises(Preempted):
         pretrain.run(workers, part)
     assert load_checkpoint(part.ckpt_path)["step"] == 2

@@ -11,24 +11,27 @@ from vtp_core.runtime import Diverged, Preempted, load_checkpoint
 from vtp_core.tokenizer import load_tokenizer
 
 
-class StopAfter:
-    """stop_requested() turns true once the trainer has asked `n` times (= after n steps)."""
+def poisoned_at(step_losses, step: int):
+    """`step_losses` whose total is NaN at step index `step` (its (step+1)-th call)."""
+    calls = {"n": 0}
 
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
+    def poisoned(*args, **kw):
+        out = step_losses(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] == step + 1:
+            out["total"] = out["total"] * float("nan")
+        return out
 
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.n
+    return poisoned
 
 
 @pytest.mark.parametrize("recipe,micro_batches", [("ae", 1), ("clip_ssl_ae", 1), ("clip_ssl_ae", 2)])
-def test_resume_is_bit_identical(recipe, micro_batches, tiny_cfg, make_ctx):
+def test_resume_is_bit_identical(recipe, micro_batches, tiny_cfg, make_ctx, stop_after):
     cfg = dataclasses.replace(tiny_cfg, recipe=recipe, steps=5, ckpt_every=100, micro_batches=micro_batches,
                               ssl_drop_rate=0.2)
     full = make_ctx("full")
     pretrain.run(cfg, full)
-    part = make_ctx("part", stop_requested=StopAfter(2))
+    part = make_ctx("part", stop_requested=stop_after(2))
     with pytest.raises(Preempted):
         pretrain.run(cfg, part)
     assert load_checkpoint(part.ckpt_path)["step"] == 2
@@ -48,17 +51,7 @@ def test_resume_is_bit_identical(recipe, micro_batches, tiny_cfg, make_ctx):
 
 
 def test_nan_loss_raises_diverged_and_keeps_last_checkpoint(tiny_cfg, make_ctx, monkeypatch):
-    real = pretrain.step_losses
-    calls = {"n": 0}
-
-    def poisoned(*args, **kw):
-        out = real(*args, **kw)
-        calls["n"] += 1
-        if calls["n"] == 4:  # step index 3
-            out["total"] = out["total"] * float("nan")
-        return out
-
-    monkeypatch.setattr(pretrain, "step_losses", poisoned)
+    monkeypatch.setattr(pretrain, "step_losses", poisoned_at(pretrain.step_losses, 3))
     ctx = make_ctx()
     cfg = dataclasses.replace(tiny_cfg, recipe="ae", steps=6, ckpt_every=2)
     with pytest.raises(Diverged) as err:
@@ -86,7 +79,7 @@ def test_artefact_loads_and_metrics_complete(tiny_cfg, make_ctx, caplog):
     assert it["image"].shape == it["text"].shape == (2, 64)
 
 
-def test_stage2_freezes_encoder_trains_decoder_and_resumes(tiny_cfg, make_ctx):
+def test_stage2_freezes_encoder_trains_decoder_and_resumes(tiny_cfg, make_ctx, stop_after):
     cfg = dataclasses.replace(tiny_cfg, recipe="ae", steps=2, stage2_steps=4, disc_start=1, disc_channels=8,
                               ckpt_every=100)
     s1 = make_ctx("s1")
@@ -98,7 +91,7 @@ def test_stage2_freezes_encoder_trains_decoder_and_resumes(tiny_cfg, make_ctx):
     b = load_checkpoint(full.out / "tokenizer.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
     assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
-    part = make_ctx("part", stop_requested=StopAfter(4))  # 2 stage-1 steps, then stop in stage 2
+    part = make_ctx("part", stop_requested=stop_after(4))  # 2 stage-1 steps, then stop in stage 2
     with pytest.raises(Preempted):
         pretrain.run(cfg, part)
     part.stop_requested = lambda: False
@@ -145,11 +138,11 @@ def test_no_host_read_between_sync_points(tiny_cfg, make_ctx, monkeypatch):
     assert counts[1] == counts[2], counts
 
 
-def test_stop_is_agreed_at_the_next_sync_point(tiny_cfg, make_ctx, monkeypatch):
+def test_stop_is_agreed_at_the_next_sync_point(tiny_cfg, make_ctx, stop_after, monkeypatch):
     """The stop flag is polled every step and acted on at the next sync point (every SYNC_EVERY steps)."""
     monkeypatch.setattr(pretrain, "SYNC_EVERY", 4)
     cfg = dataclasses.replace(tiny_cfg, recipe="ae", steps=9, log_every=100, ckpt_every=100)
-    ctx = make_ctx(stop_requested=StopAfter(2))
+    ctx = make_ctx(stop_requested=stop_after(2))
     with pytest.raises(Preempted):
         pretrain.run(cfg, ctx)
     assert load_checkpoint(ctx.ckpt_path)["step"] == 4
@@ -158,16 +151,7 @@ def test_stop_is_agreed_at_the_next_sync_point(tiny_cfg, make_ctx, monkeypatch):
 def test_non_finite_step_is_skipped_on_the_device_and_reported_with_its_step(tiny_cfg, make_ctx, monkeypatch):
     """A NaN at step 1 is read at the sync point after step 4: Diverged names step 1; the optimizer (fused
     AdamW, `found_inf`) and the EMA teacher never applied step 1, and applied steps 0, 2 and 3."""
-    real_losses, real_adamw = pretrain.step_losses, pretrain.adamw
-    calls = {"n": 0}
-
-    def poisoned(*args, **kw):
-        out = real_losses(*args, **kw)
-        calls["n"] += 1
-        if calls["n"] == 2:  # step index 1
-            out["total"] = out["total"] * float("nan")
-        return out
-
+    real_adamw = pretrain.adamw
     changed = []
 
     def recording_adamw(*a, **k):
@@ -192,7 +176,7 @@ def test_non_finite_step_is_skipped_on_the_device_and_reported_with_its_step(tin
         real_update(self, model, momentum, apply)
         teacher_changed.append(any(not torch.equal(x, y) for x, y in zip(before, self.encoder.parameters())))
 
-    monkeypatch.setattr(pretrain, "step_losses", poisoned)
+    monkeypatch.setattr(pretrain, "step_losses", poisoned_at(pretrain.step_losses, 1))
     monkeypatch.setattr(pretrain, "adamw", recording_adamw)
     monkeypatch.setattr(pretrain.Teacher, "update", update)
     monkeypatch.setattr(pretrain, "SYNC_EVERY", 4)
