@@ -7,21 +7,22 @@ hashes the parameters) as webdataset-style tar shards (`<key>.jpg` + `<key>.txt`
 byte for byte the same JPEGs, as an ImageFolder tree (10 class folders).
 
 Ours: `vtp_core.loader.WorkerBatches` over `StepBatches`, as `pretrain` builds it for a `tar` dataset read
-lazily (byte-range index, one `pread` per image, ADM centre crop, `normalize`), with recipe `ae` and
-rec_fraction 1: a step draws B images and decodes each once, into a float (B, 3, 256, 256) batch in [-1, 1].
+lazily (byte-range index, reads in runs of neighbouring members, ADM centre crop, `normalize`), with recipe
+`ae` and rec_fraction 1: a step draws B images and decodes each once, into a float (B, 3, 256, 256) batch in
+[-1, 1]. Its defaults: full JPEG decode, and the resize by torch's uint8 antialiased bicubic kernel
+(`DataConfig.resample: torch`, PIL's filter within 2 levels; `resample: pil` is PIL's own kernel).
 Reference: torchvision `ImageFolder` with Resize(256, BICUBIC), CenterCrop(256), ToTensor, Normalize to
 [-1, 1], and `DataLoader(batch_size=B, shuffle=True)` (seeded), the same workers and prefetch factor. So
-both sides read the same JPEGs, decode them with the same Pillow, resample with PIL and deliver the same
-kind of batch; ours adds only what the trainer's path does (index lookup, BOX halving for short sides
->= 512, the step's sampling draws).
+both sides read the same JPEGs, decode them with the same Pillow and deliver the same kind of batch; the
+difference is where the time goes: Pillow's bicubic resize is most of the reference's time per image,
+torch's kernel for the same filter takes about a third of it.
 
 Per core: for w workers the bench process is pinned to w CPUs before each loader starts, and each worker of
 either side to one of them (ours does it itself, `loader._init_worker`; the reference through `pin_worker`), so
 images/s / w is images/s per core. Each measurement starts a fresh loader, takes one batch per worker untimed
 (worker start, the first round of work), then times the arrival of the next `steps` batches. Ours and the
 reference alternate over rounds (`dit_eval.bench.alternate`: order flipped each round); rows report medians.
-Target (issue 19): ours >= 1.5x the reference per core; docs/benchmarks.md says why it is not met (the same
-Pillow decode and bicubic resize are most of both sides' time).
+Target (issue 19): ours >= 1.5x the reference per core.
 
 Cores to feed one H100: the default (ViT-L `clip_ssl_ae`) step's FLOPs from the counter
 (`sweeps.costs.tokenizer_step_flops`, cached on disk) over its images per step, at 40 % MFU of 989 TFLOP/s,
@@ -286,7 +287,7 @@ def run(spec: Spec | None = None, gpu_cfg=None) -> list[dict]:
         cores = f"{w} worker{'s' * (w > 1)} pinned to {w} core{'s' * (w > 1)}"
         rows.append({
             "bench": (f"data loader, {cores}: images/s, decode + centre crop to {spec.image_size} px, batches of "
-                      f"{spec.batch} (ours: WorkerBatches over tar shards, `ae` step batch; ref: torchvision "
+                      f"{spec.batch} (ours: WorkerBatches over tar shards, `ae` step batch, torch resize; ref: torchvision "
                       f"ImageFolder + DataLoader; {what}; median of {spec.rounds} alternated rounds of "
                       f"{steps * spec.batch} images)"),
             "value": f"{o:.0f} img/s ({o / w:.0f}/core)", "reference": f"{r:.0f} img/s ({r / w:.0f}/core)",

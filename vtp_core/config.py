@@ -23,6 +23,7 @@ RECIPES: dict[str, tuple[float, float]] = {
 DATASETS = ("fashion_mnist", "imagefolder", "tar")
 STORAGES = ("auto", "memory", "lazy")
 DECODES = ("full", "draft")
+RESAMPLES = ("torch", "pil")
 HEADS_READ = ("pre_bottleneck", "bottleneck")
 REC_LOSSES = ("l1_lpips", "l1")
 QKV_BIAS = ("qkv", "qv", "none")
@@ -58,6 +59,12 @@ class DataConfig:
     jpeg_decode: str = spec("full", choices=DECODES, source="ours (full = ADM center_crop_arr, the method's)",
                             doc="full | draft: JPEGs decoded at reduced scale first (faster; within the stated "
                                 "tolerance of full, tests/vtp_core/test_core_decode.py)")
+    # The resize after decode (user JPEG data; Fashion-MNIST is resized once, in memory): the method's filter
+    # (PIL's antialiased bicubic, bilinear for zero-shot) run by torch's uint8 kernel or by PIL's. The same
+    # filter, so the same pixels up to fixed-point rounding (at most 1 level per pass, 2 in all; mean ~0.04 levels),
+    # at ~1/3 of PIL's time: torch is the default; pil reproduces ADM's center_crop_arr bit for bit.
+    resample: str = spec("torch", choices=RESAMPLES, source="ours (the method's PIL bicubic filter, torch's kernel)",
+                         doc="torch | pil: which library's kernel resizes decoded images (within 2 levels)")
     n_train: int = spec(0, ge=0, source="grid axis data_size", doc="nested training subset; 0 = all")
     subset_seed: int = spec(0, source="ours", doc="seed of the nested-subset permutation")
     path: str = unversioned("", source="yours", doc="data folder or shard pattern (identity: checksum)")

@@ -116,14 +116,15 @@ def test_pinned_ids_of_default_configs():
     # standard parts (rotate-half RoPE, nn.Linear, F.rms_norm; `compile` unversioned) (CODE_VERSION 4; probe,
     # latents, dit and sample 2: their numbers change with the models'), then when micro_batches was added and the
     # non-finite guard moved onto the device (CODE_VERSION 5), then when DataConfig.shuffle_chunk was added, then
-    # from pretrain-t-c432a13d34 (defaults: pretrain-t-6a7f4e132b) when DataConfig.jpeg_decode was added
-    assert stage_id("pretrain", "t", small.tokenizer()) == "pretrain-t-c743c55152"
-    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-20270345c2"  # the method's defaults
+    # from pretrain-t-c432a13d34 (defaults: pretrain-t-6a7f4e132b) when DataConfig.jpeg_decode was added, then
+    # from pretrain-t-c743c55152 (defaults: pretrain-t-20270345c2) when DataConfig.resample was added
+    assert stage_id("pretrain", "t", small.tokenizer()) == "pretrain-t-edf4ac6d81"
+    assert stage_id("pretrain", "t", TokenizerConfig()) == "pretrain-t-35996f2ccb"  # the method's defaults
     assert stage_id("dit", "t", small.dit(), ["latents-x"]) == "dit-t-919e5d2fbf"
     # probe: changed from probe-t-265c4ada62 when zero_shot_resize (zero-shot preprocessing) was added, then
     # from probe-t-b72cc7526c at CODE_VERSION 2, then from probe-t-feec468718 with DataConfig.shuffle_chunk, then
-    # from probe-t-d7750598f5 with DataConfig.jpeg_decode
-    assert stage_id("probe", "t", small.probe()) == "probe-t-bf6ee716d7"
+    # from probe-t-d7750598f5 with DataConfig.jpeg_decode, then from probe-t-bf6ee716d7 with DataConfig.resample
+    assert stage_id("probe", "t", small.probe()) == "probe-t-85cdb5c015"
 
 
 def test_fmt_num():

@@ -148,7 +148,7 @@ def _folder(cfg: DataConfig, split: str):
     check_manifest(cfg)
     labels = np.asarray(index.label).astype(np.int64)
     images = LazyImages(index, cfg.image_size, cfg.max_bad_fraction,  # one bad-data ledger for images and captions
-                        resize=resize_name("center_crop", cfg.jpeg_decode))
+                        resize=resize_name("center_crop", cfg.jpeg_decode, cfg.resample))
     return Loaded(images, labels, LazyCaptions(index, images.ledger),
                   index.class_names, [], index.manifest_sha256, index, np.arange(len(index), dtype=np.int64))
 
@@ -168,7 +168,7 @@ def load_images(cfg: DataConfig, split: str, idx, resize: str = "center_crop"):
         return load_split(cfg, split)[0][np.asarray(idx)]
     ld = _folder(cfg, split)
     return LazyImages(ld.index, cfg.image_size, cfg.max_bad_fraction, np.asarray(ld.ids)[np.asarray(idx)],
-                      resize=resize_name(resize, cfg.jpeg_decode))
+                      resize=resize_name(resize, cfg.jpeg_decode, cfg.resample))
 
 
 def take(data, idx):

@@ -79,7 +79,7 @@ def _cfg(d, **kw):
 
 
 def _lazy(index, max_bad_fraction):
-    imgs = LazyImages(index, 16, max_bad_fraction)
+    imgs = LazyImages(index, 16, max_bad_fraction, resize="center_crop+torch")  # as DataConfig() resizes
     return imgs, LazyCaptions(index, imgs.ledger)
 
 
