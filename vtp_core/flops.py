@@ -1,6 +1,6 @@
-"""The FLOPs convention (CONTRACTS.md): real FLOPs (2 per multiply-add) of the exact training step.
+"""The FLOPs convention (docs/CONTRACTS.md#flops-convention): real FLOPs (2 per multiply-add) of the exact training step.
 
-Why measured, not estimated: VTP does not say which towers it counts (METHOD.md §4); we count every
+Why measured, not estimated: VTP does not say which towers it counts (docs/method.md#flops-accounting); we count every
 active objective's forward + backward and the EMA teacher's forward, by running `objectives.step_losses`
 under `torch.utils.flop_counter.FlopCounterMode` on the `meta` device (no memory, no arithmetic),
 memoised on the versioned config minus steps/seed/data size so the planner
