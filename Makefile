@@ -83,7 +83,7 @@ bench: install ## benchmarks with ratios against references measured in the same
 gpu-check: install ## on one GPU (<= 8 min): MFU, eager vs compiled loss, memory plan vs measured, a micro study; one table
 	$(PY) -m bench.gpu_check --out $(RESULTS)/gpu-check
 
-slurm-up: ## install (Debian) and start a one-node SLURM on this machine (for EXECUTOR=slurm tests/demos)
+slurm-up: ## install (Debian) and start a one-node SLURM on this machine (for EXECUTOR=slurm tests and demos)
 	./scripts/slurm_local.sh up
 
 slurm-down: ## stop the one-node SLURM by its PID files

@@ -1,6 +1,6 @@
 """Power-law fits with bootstrap intervals, a convergence check, refusals and an extrapolation gate.
 
-Why it looks like this (reference/ANCHORS.md §1):
+Why it looks like this (docs/protocol.md#scaling-law-fits):
 
 * Forms are fitted in log space (gFID > 0), as Chinchilla Approach 3 / Porian et al. do:
   ``power``         log y = a − α·u                              (y = A·(x/x0)^-α)

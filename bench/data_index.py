@@ -4,7 +4,7 @@ Why generated: the figure that matters is the index's cost per image (DataComp-2
 that does not depend on image bytes, so each member is a few bytes: 1,000,000 images (a `.jpg` and a `.txt`
 each, 2M tar members, ~2 GB of tar blocks) in 100 shards by default (`VTP_BENCH_INDEX_IMAGES` to change it).
 The build runs in a fresh process, so its peak RSS (`ru_maxrss`) is the build's, shown above the RSS the
-process had before building (interpreter, numpy, torch). Target: at most 64 bytes per image (issue 19).
+process had before building (interpreter, numpy, torch). Target: at most 64 bytes per image.
 
     python -m bench bench.data_index
 """

@@ -72,9 +72,9 @@ from bench.peaks import peak_tflops
 GiB = float(2 ** 30)
 NO_CUDA = "gpu-check: no CUDA device (torch.cuda.is_available() is False); run it on a GPU node"
 LOSS_TOLERANCE = 5 * 2.0 ** -8  # 5u, u the bf16 unit roundoff (module docstring, row c)
-MFU_TARGET = 0.40  # compiled tokenizer step (issue 18)
+MFU_TARGET = 0.40  # compiled tokenizer step
 MEMORY_MAX_RATIO = 1.5  # predicted / measured (module docstring, row d)
-BUDGET_S = 480.0  # the whole command on one GPU (issue 18)
+BUDGET_S = 480.0  # the whole command on one GPU
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -22,7 +22,7 @@ either side to one of them (ours does it itself, `loader._init_worker`; the refe
 images/s / w is images/s per core. Each measurement starts a fresh loader, takes one batch per worker untimed
 (worker start, the first round of work), then times the arrival of the next `steps` batches. Ours and the
 reference alternate over rounds (`dit_eval.bench.alternate`: order flipped each round); rows report medians.
-Target (issue 19): ours >= 1.5x the reference per core.
+Target: ours >= 1.5x the reference per core.
 
 Cores to feed one H100: the default (ViT-L `clip_ssl_ae`) step's FLOPs from the counter
 (`sweeps.costs.tokenizer_step_flops`, cached on disk) over its images per step, at 40 % MFU of 989 TFLOP/s,
@@ -52,7 +52,7 @@ import numpy as np
 GEN_VERSION = 1
 N_SHARDS = 10
 N_CLASSES = 10
-TARGET = 1.5  # ours / reference per core (issue 19)
+TARGET = 1.5  # ours / reference per core
 MFU = 0.40
 
 

@@ -7,7 +7,7 @@ status files say its upstream is done, records every failure in status.json (via
 like every executor) and lets the other cells go on. Per-stage CPUs/GPUs come from the study's
 `resources:` (the same schema as SLURM: cpus_per_task, gpus_per_node).
 
-Ray on shared machines (USER_NEEDS B30): a short private temp dir (AF_UNIX paths stay under 107
+Ray on shared machines (docs/cluster.md#ray): a short private temp dir (AF_UNIX paths stay under 107
 bytes), no dashboard, and `ray.shutdown()` at the end when this call started Ray.
 """
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """`extractor` stage: the feature network behind every Fréchet distance (gFID, rFID).
 
 Why a stage: a FID is only comparable when the extractor is identical, so the network is built
-once, saved, and named by a checksum that every FID metric carries (USER_NEEDS B#7, B#24).
+once, saved, and named by a checksum that every FID metric carries (docs/protocol.md#feature-extractors).
 - `fmnist_cnn`: a small CNN trained once on Fashion-MNIST (seeded); features = its 128-d
-  penultimate layer. The CPU demo's FID: the TF-Inception runs at ~7 images/s on 2 cores.
+  penultimate layer. The CPU demo's FID: the TF-Inception is too slow on a few CPU cores for thousands
+  of images (docs/benchmarks.md).
 - `random_cnn`: the same small CNN with seeded random weights (He-uniform, `ExtractorConfig.seed`), no
   training and no data: rehearsals and tests on machines without Fashion-MNIST. Saved and
   checksummed like `fmnist_cnn`. Its FIDs are only comparable to FIDs under the same seed (sha).

@@ -2,7 +2,7 @@
 
 Why the protocol dict: a FID is only comparable to another FID made the same way (sample count,
 extractor + checksum, reference, sampler settings, CFG, EMA). Every value carries those fields and a
-short hash of them; analysis never puts numbers with different hashes on one curve (USER_NEEDS B#10).
+short hash of them; analysis never puts numbers with different hashes on one curve (docs/protocol.md#gfid).
 Low-N FIDs (fewer samples than feature dims) are refused unless allowed, and then labelled.
 """
 from __future__ import annotations

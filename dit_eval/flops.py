@@ -2,7 +2,7 @@
 
 Why measured on the meta device: the planner needs DiT FLOPs for every cell of a sweep without
 allocating an XL/1; meta tensors carry shapes only, so counting one forward+backward of the exact
-training loss costs milliseconds. Convention (DESIGN.md): real FLOPs, 2 per multiply-add, per step
+training loss costs milliseconds. Convention (docs/CONTRACTS.md#flops-convention): real FLOPs, 2 per multiply-add, per step
 (= per-sample × batch). Elementwise ops and the optimizer are not counted by flop_counter (they are
 <1% for a transformer). DiT FLOPs are reported separately from tokenizer FLOPs, never added.
 """

@@ -1,4 +1,4 @@
-"""Flow matching as trained by LightningDiT/SiT (METHOD.md §5.3).
+"""Flow matching as trained by LightningDiT/SiT (docs/protocol.md#dit-training).
 
 Why these exact choices: they are part of the fixed downstream protocol, so a gFID difference must
 come from the tokenizer, never from the objective. Linear path x_t = t·x1 + (1−t)·x0 with t = 1 at

@@ -1,12 +1,12 @@
 """Fréchet distance between Gaussians fitted to feature sets (FID), numerically safe.
 
 Why not `scipy.linalg.sqrtm(S1 @ S2)` (pytorch-fid): on near-singular covariances it returns
-complex values, NaN, or hangs (USER_NEEDS B#6). Here tr sqrt(S1·S2) is computed from symmetric
+complex values, NaN, or hangs (docs/protocol.md#fid-computation). Here tr sqrt(S1·S2) is computed from symmetric
 matrices only: tr sqrt(S1 S2) = tr sqrt(A S2 A) with A = sqrt(S1), and A·S2·A is symmetric PSD, so
 `numpy.linalg.eigh` gives real eigenvalues; tiny negative ones (round-off) are clamped to 0.
 All in float64. A non-finite or clearly negative result raises: an evaluation fails, it never
 reports a wrong number. Fewer samples than feature dimensions gives a rank-deficient covariance
-(biased, noisy FID, B#5), so it is refused unless the caller accepts and labels it as low-N.
+(biased, noisy FID), so it is refused unless the caller accepts and labels it as low-N.
 """
 from __future__ import annotations
 

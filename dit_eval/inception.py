@@ -5,7 +5,7 @@ Why: the only offline copy of the FID weights is a TorchScript file (fid-helper-
 `pt_inception-2015-12-05-6726825d.pth` (a state_dict). Both load into this one module: torchvision's
 Inception3 with pytorch-fid's FID block variants (average pools that exclude padding, a max pool in
 the last block), BN eps 1e-3. The TorchScript's 94 conv layers map onto it in order
-(RESOURCES.md §2a: max abs difference 9.5e-7), which `from_torchscript` checks shape by shape.
+(docs/protocol.md#feature-extractors: max abs difference 9.5e-7), which `from_torchscript` checks shape by shape.
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """`latents` stage: encode the DiT training set once per tokenizer, with per-channel statistics.
 
-Why (METHOD.md §5.1): the DiT trains on cached latents, never on pixels, so encoding happens once.
+Why (docs/protocol.md#latents): the DiT trains on cached latents, never on pixels, so encoding happens once.
 Every image is encoded twice (as is and h-flipped) in fp32 without autocast; the DiT input is
 (z − mean)/std with per-channel stats from a fixed random subset of non-flipped latents, and these
 stats are recomputed for every tokenizer. The stats carry a content hash: training and sampling
 both assert it, because normalising in training but not at decode (or with other stats) silently
-wrecks gFID (USER_NEEDS B#9). Latents are stored in shards (not one file per image).
+wrecks gFID. Latents are stored in shards (not one file per image).
 """
 from __future__ import annotations
 

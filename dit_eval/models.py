@@ -1,4 +1,4 @@
-"""LightningDiT, the fixed downstream generator (METHOD.md §5.2), as a registry of sizes.
+"""LightningDiT, the fixed downstream generator (docs/protocol.md#dit-model), as a registry of sizes.
 
 Why this exact architecture: the VTP scaling numbers are gFIDs of LightningDiT-B/1 (XL/1 for the
 final table), so every block choice that changes the numbers is reproduced: SwiGLU MLP (hidden

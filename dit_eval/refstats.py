@@ -2,7 +2,7 @@
 
 Why a stage: reference statistics are computed once per (data, split, n, seed, extractor) and shared
 by every gFID and rFID of a study; the metrics name the extractor and its checksum so a FID is never
-computed against statistics from another network or preprocessing (USER_NEEDS B#7).
+computed against statistics from another network or preprocessing (docs/protocol.md#reference-statistics).
 
 Which images (`balanced_indices`): the DiT samples span every class, so the reference must too. An
 ImageFolder split is class-sorted, and its first 50k images would be ~39 of ImageNet's 1000 classes:

@@ -1,6 +1,6 @@
 """`sample` stage: draw N class-conditional samples from the trained DiT, sharded and resumable.
 
-Why (METHOD.md §5.4): the sampler is part of the gFID protocol, so every knob is explicit and
+Why (docs/protocol.md#sampler): the sampler is part of the gFID protocol, so every knob is explicit and
 recorded. Euler ODE on a `steps`-point grid from t = 0 (noise) to 1 (data), i.e. steps − 1 updates
 (as LightningDiT's 250-point grid = 249 Euler steps), with the timestep shift t' = s·t/(1+(s−1)·t)
 (off when s ∈ {0, 1}). Classifier-free guidance, when cfg_scale ≠ 1, is applied to *all* latent

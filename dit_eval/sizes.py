@@ -1,7 +1,7 @@
 """The DiT size registry alone (no torch import), so validating a study is instant.
 
 `tiny` is sized for the embedded demo (8x8x8 latents, 2 CPU cores); S/B/L/XL follow LightningDiT
-(METHOD.md §5.2). `dit_eval.models` builds them.
+(docs/method.md#model-sizes). `dit_eval.models` builds them.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`dit` stage: train the fixed-spec class-conditional DiT with flow matching on cached latents.
 
-Why it looks like this (METHOD.md §5.3, DiT's train.py style): the whole loop is readable top to
+Why it looks like this (docs/protocol.md#dit-training; DiT's train.py style): the whole loop is readable top to
 bottom. AdamW with a constant lr, EMA for sampling, bf16 autocast + fused AdamW only on CUDA.
 The stage must survive preemption and reach the *same* weights as an uninterrupted run (bit-identical
 on CPU), so the checkpoint holds model, EMA, optimizer, step, every RNG, the data position and the

@@ -7,7 +7,7 @@
 #
 # Everything (config, state, spool, logs, pid files, a private munge socket) lives under
 # $VTP_SLURM_DIR (default /tmp/vtp-slurm); `up` prints `export SLURM_CONF=...` and writes it to
-# $VTP_SLURM_DIR/env. Settings from docs/RESOURCES §6.1: fast scheduling, cred_expire=5 (a requeued
+# $VTP_SLURM_DIR/env. Settings (docs/cluster.md#the-one-node-slurm): fast scheduling, cred_expire=5 (a requeued
 # job may start again within seconds), kill_invalid_depend (children of a failed afterok parent are
 # cancelled instead of pending forever). No accounting: `sacct` fails, and the project does not
 # depend on it (the stage status files are the truth). Daemons start with stdio detached so that

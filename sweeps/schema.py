@@ -45,7 +45,7 @@ TRAINER_STAGES = ("pretrain", "dit")  # every task of a multi-GPU job trains; ot
 SET_BY_GRID_OR_PLANNER = ("recipe", "encoder", "seed", "steps", "data")
 
 # Achieved FLOP/s per device assumed when a study does not say: 40 % of the dense bf16 peak (the MFU a
-# tuned ViT/DiT step reaches), and the 2-core CPU this project is tested on.
+# tuned ViT/DiT step reaches), and what the tiny demo models reach on a CPU.
 DEFAULT_FLOPS_PER_S = {"h100": 4.0e14, "h200": 4.0e14, "a100": 1.25e14, "l40s": 1.45e14, "cpu": 3.0e10}
 
 

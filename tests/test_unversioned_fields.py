@@ -333,8 +333,8 @@ def assert_batched_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     """float32 outputs of the same network on the same inputs, run in batches of another size. The batch size
     changes only how the matmul kernels block the rows, hence the order of the float32 additions inside each
     dot product (length <= 256 here): a few ulp (float32: 6e-8 relative) per layer, ~1e-6 after the tokenizer's
-    ~10 matmuls. Allowed: 1e-5 of the tensor's scale, 10x that estimate (measured on the 2-core CI CPU:
-    bit-identical; an injected 2e-5 relative error is refused)."""
+    ~10 matmuls. Allowed: 1e-5 of the tensor's scale, 10x that estimate (on CPU the two
+    runs are bit-identical; an injected 2e-5 relative error is refused)."""
     scale = max(a.abs().max().item(), 1e-12)
     err = (a.double() - b.double()).abs().max().item()
     assert err <= 1e-5 * scale, f"{what}: max |diff| {err:.3g} > 1e-5 x scale {scale:.3g}"

@@ -1,13 +1,14 @@
-"""The FLOPs convention (CONTRACTS.md): real FLOPs (2 per multiply-add) of the exact training step.
+"""The FLOPs convention (docs/CONTRACTS.md#flops-convention): real FLOPs (2 per multiply-add) of the exact training step.
 
-Why measured, not estimated: VTP does not say which towers it counts (METHOD.md §4); we count every
+Why measured, not estimated: VTP does not say which towers it counts (docs/method.md#flops-accounting); we count every
 active objective's forward + backward and the EMA teacher's forward, by running `objectives.step_losses`
 under `torch.utils.flop_counter.FlopCounterMode` on the `meta` device (no memory, no arithmetic),
 memoised on the versioned config minus steps/seed/data size so the planner
 can price thousands of cells instantly. Elementwise ops (norms, softmax, optimizer, EMA) are not
-counted, as in the usual 6·N·D convention. Meta-device dispatch costs ~0.3 ms per op, so deep
-stacks are measured at depth 1 and 2 per tower and extrapolated: a step's FLOPs are exactly affine
-in each tower's depth (identical blocks), so this equals the full count (tested) in ~1 s instead of ~10. `vit_forward_flops_analytic` is the closed form for tests.
+counted, as in the usual 6·N·D convention. Meta-device dispatch still costs Python time per op, so
+deep stacks are measured at depth 1 and 2 per tower and extrapolated: a step's FLOPs are exactly affine
+in each tower's depth (identical blocks), so this equals the full count (tested) for the cost of two
+shallow models. `vit_forward_flops_analytic` is the closed form for tests.
 
 With `rec_loss: l1_lpips` the frozen VGG16 LPIPS network (built on meta: no weights file needed) runs
 inside the counted step, so 'rec' includes its forward on the reconstruction and on the target and the

@@ -1,8 +1,8 @@
 """One VTP training step's losses: the exact computation that both the trainer and the FLOPs counter run.
 
-Why shared: the FLOPs convention (CONTRACTS.md) counts "the exact training step"; keeping the
+Why shared: the FLOPs convention (docs/CONTRACTS.md#flops-convention) counts "the exact training step"; keeping the
 forward of every objective in one function means the count cannot drift from what is trained.
-The three objectives are separate forward passes over their own sub-batches (METHOD.md §3):
+The three objectives are separate forward passes over their own sub-batches (docs/method.md#total-loss-and-batches):
 CLIP on the whole batch, SSL multi-crop (student + EMA teacher) on one subset, reconstruction on another.
 """
 from __future__ import annotations

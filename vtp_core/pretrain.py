@@ -4,7 +4,7 @@ then the optional stage 2 (GAN decoder fine-tuning, `vtp_core.stage2`).
 Read top to bottom like DiT's train.py. Each step draws one batch (a pure function of seed and step):
 the whole batch feeds CLIP, random subsets of batch·ssl_fraction and batch·rec_fraction feed the SSL
 multi-crop and the reconstruction; one AdamW step on λ_rec·L_rec + λ_ssl·L_ssl + λ_clip·L_clip
-(METHOD.md §2.5, §3), then the EMA teacher update. Checkpoints hold everything needed for a
+(docs/method.md#total-loss-and-batches), then the EMA teacher update. Checkpoints hold everything needed for a
 bit-identical resume on CPU.
 
 With WORLD_SIZE > 1 the step runs under DistributedDataParallel (`vtp_core.distributed`): the several

@@ -1,13 +1,14 @@
 """Understanding + reconstruction probes of a pretrained tokenizer (the `probe` stage).
 
-What the VTP scaling plots need on their other axes (METHOD.md §5.7-5.9): a linear probe on the
-bottleneck features (the paper's "understanding" axis) and on the pre-bottleneck CLS token (the
-released script's features), CLIP zero-shot with averaged class-template prompts, and rFID/PSNR of
-reconstructions. As in VTP, zero-shot sees the test images squashed to a square (`Resize((S, S))`,
-§5.8; `ProbeConfig.zero_shot_resize`) while the linear probe, PSNR and rFID see the ADM centre crop
-(§5.7): the same test subset, decoded twice. vtp_core cannot import dit_eval, so FID features and the
-Fréchet distance arrive as `ctx.services["fid_features"]` and `ctx.services["frechet"]`; real and
-reconstructed images go through the same extractor and the same `to_uint8`.
+What the VTP scaling plots need on their other axes (docs/protocol.md#linear-probe, #zero-shot,
+#rfid-and-psnr): a linear probe on the bottleneck features (the paper's "understanding" axis) and on
+the pre-bottleneck CLS token (the released script's features), CLIP zero-shot with averaged
+class-template prompts, and rFID/PSNR of reconstructions. As in VTP, zero-shot sees the test images
+squashed to a square (`Resize((S, S))`, `ProbeConfig.zero_shot_resize`) while the linear probe, PSNR
+and rFID see the ADM centre crop: the same test subset, decoded twice. vtp_core cannot import
+dit_eval, so FID features and the Fréchet distance arrive as `ctx.services["fid_features"]` and
+`ctx.services["frechet"]`; real and reconstructed images go through the same extractor and the same
+`to_uint8`.
 """
 from __future__ import annotations
 

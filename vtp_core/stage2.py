@@ -1,6 +1,6 @@
 """Stage 2 of VTP: GAN fine-tuning of the pixel decoder with the encoder (and bottleneck) frozen.
 
-Why a separate stage: a GAN loss through a ViT encoder is unstable (METHOD.md §2.2), and freezing the
+Why a separate stage: a GAN loss through a ViT encoder is unstable (docs/method.md#stage-2), and freezing the
 encoder keeps the latents - hence the downstream DiT - identical to stage 1. Per step: decoder loss
 L1 (+LPIPS) + adaptive-weight · hinge GAN (from `disc_start` on), one AdamW step; then one
 discriminator step on real vs detached reconstructions. Batches are the stage-1 reconstruction

@@ -1,4 +1,4 @@
-"""Fixtures: a results table shaped like VTP's published compute curves (reference/METHOD.md §6.2)."""
+"""Fixtures: a results table shaped like VTP's published compute curves (docs/method.md#published-scaling-figures)."""
 from __future__ import annotations
 
 import os

@@ -20,7 +20,7 @@ def test_coverage_of_95pct_interval(form):
     """100 noisy draws of a known law (10 points over 3 decades, 3% log-normal noise): the 95% bootstrap
     interval of every parameter must contain the truth in ≥ 90 draws.
 
-    200 resamples per draw (not 1000) keep this test ~10 s: the 2.5/97.5 percentiles of 200 replicas
+    200 resamples per draw (not 1000) keep this test short: the 2.5/97.5 percentiles of 200 replicas
     sit at the 5th/195th order statistic, enough to check coverage; 1000 is the default of fit().
     """
     truth = TRUTH[form]

@@ -114,7 +114,7 @@ def test_a_degenerate_study_is_refused_before_it_runs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_study_passes_its_rehearsal(name, tmp_path_factory):
-    """Every shipped study, end to end in miniature: CI runs all four (together under 12 minutes on 2 cores)."""
+    """Every shipped study, end to end in miniature: CI runs all four."""
     results = tmp_path_factory.getbasetemp() / "rehearse"  # one store: the shared extractor is made once
     report = rehearse.rehearse(study_path(name), Path(results), echo=print)
     rehearse.print_report(report)

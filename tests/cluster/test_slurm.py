@@ -209,7 +209,7 @@ def test_requeue_resumes_from_stage_folder(tmp_path, how):
     """SIGTERM (scontrol requeue, preemption) or SIGUSR2 (submitit's time-limit warning) while the
     stage runs: it checkpoints, the job is requeued, and the next attempt continues from disk."""
     store = Store(tmp_path / "results")
-    plan = slow_plan(f"slow-{how}", steps=20)  # >= 10 s of work (RESOURCES §6.1 trap)
+    plan = slow_plan(f"slow-{how}", steps=20)  # >= 10 s of work (docs/cluster.md#the-one-node-slurm)
     (sid,) = plan.stages
     after = fake_stages.FakeCfg(f"after-{how}")  # afterany must hold the child across the requeue
     down = plan.add(Stage("fake", stage_id("pretrain", after.name, after, [sid]), after, (("slow", sid),)))

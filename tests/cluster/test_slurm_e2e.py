@@ -26,7 +26,7 @@ def test_micro_study_on_slurm_with_requeue_matches_local(tmp_path, micro_study, 
     s = load_study(probe)
     per_step = costs.tokenizer_step_flops(dataclasses.replace(s.tokenizer, recipe="ae"))
     study = tmp_path / "micro.yaml"
-    # one AE cell whose pre-training lasts well over 10 s (a shorter job may ignore the requeue, RESOURCES §6.1)
+    # one AE cell whose pre-training lasts well over 10 s (a shorter job may ignore the requeue: docs/cluster.md#the-one-node-slurm)
     study.write_text(micro_study.format(budget=f"{1500.5 * per_step:.6e}").replace("recipe: [ae, clip_ssl_ae]", "recipe: [ae]"))
     p = make_plan(load_study(study))
     pre = p.cells[0].stages["pretrain"]

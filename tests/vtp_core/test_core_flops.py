@@ -133,7 +133,7 @@ def test_paper_defaults_costs():
     shares = {k: v / total for k, v in by.items()}
     print(f"paper defaults: per_sample {res['per_sample']:.3e} FLOPs; "
           f"shares {({k: f'{v:.1%}' for k, v in shares.items()})}")
-    assert 3e11 < res["per_sample"] < 3e12  # METHOD.md §4: ~0.5-0.9 TFLOP per sample seen for VTP-L
+    assert 3e11 < res["per_sample"] < 3e12  # docs/method.md#flops-accounting: ~0.5-0.9 TFLOP per sample seen for VTP-L
     # SSL (2 x 224 globals + 8 x 96 locals through ViT-L for 1/4 of the batch, teacher forward, K = 65536
     # heads) is a large share of the step, not the ~2% a toy-sized SSL setup gives
     assert 0.2 < shares["ssl"] < 0.6

@@ -123,7 +123,7 @@ def test_block_drops_samples_only_while_training():
 
 
 def test_no_custom_autograd_or_compile_branches_in_the_model_code():
-    """One code path for eager and compiled: standard modules and ops only (DESIGN.md, house style)."""
+    """One code path for eager and compiled: standard modules and ops only, no custom autograd."""
     import inspect
 
     import dit_eval.models

@@ -17,7 +17,7 @@ from vtp_core.objectives import Teacher, active_objectives, step_losses
 from vtp_core.tokenizer import Tokenizer
 import small_configs as small
 
-PAPER_ENCODER_PARAMS = {"S": 21.6e6, "B": 85.7e6, "L": 303.5e6}  # METHOD.md §1.6 (patch 16)
+PAPER_ENCODER_PARAMS = {"S": 21.6e6, "B": 85.7e6, "L": 303.5e6}  # docs/method.md#model-sizes (patch 16)
 
 
 @pytest.mark.parametrize("name", registry.list_sizes("encoder"))
@@ -42,7 +42,7 @@ def test_decoder_sizes_build_on_meta(name):
 def test_text_sizes_build_on_meta(name):
     with torch.device("meta"):
         tower = TextTower(registry.get("text", name))
-    if name == "base":  # 85.1M in the 12 residual blocks (METHOD.md §1.6)
+    if name == "base":  # 85.1M in the 12 residual blocks (docs/method.md#model-sizes)
         blocks = sum(p.numel() for p in tower.blocks.parameters())
         assert abs(blocks - 85.1e6) / 85.1e6 < 0.02
 

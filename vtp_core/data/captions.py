@@ -3,7 +3,7 @@
 Fashion-MNIST has no captions, so text is "a photo of a {class}" style templates (OpenAI CLIP
 prompt engineering); training draws a template per image, zero-shot averages over all of them.
 ImageNet (1000 WordNet-id folders) gets OpenCLIP's class names and the 80 OpenAI templates, the
-VTP zero-shot protocol (METHOD.md §5.8), read from the open-clip-torch wheel without importing it.
+VTP zero-shot protocol (docs/protocol.md#zero-shot), read from the open-clip-torch wheel without importing it.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ template. Where the bytes lie comes from a cached byte-range index (`data/index.
 decoded once, centre-cropped and resized to `image_size` (ADM `center_crop_arr`) and kept in memory
 as uint8 NHWC, like Fashion-MNIST (the laptop/small-cluster path; `data/lazy.py` is the other).
 The one other preprocessing is `squash_arr` (the whole image resized to a square, no crop): VTP's
-zero-shot protocol (METHOD.md §5.8) uses it, the linear probe and rFID use the centre crop (§5.7).
+zero-shot protocol (docs/protocol.md#zero-shot) uses it, the linear probe and rFID use the centre crop.
 Either may follow a reduced-scale JPEG decode (`DataConfig.jpeg_decode: draft`, `draft`): a declared, versioned
 approximation of the full decode, faster where the image is much larger than `image_size`.
 Unreadable images are replaced by the next readable one (i+1, i+2, ..., wrapping), as `data/lazy.py`

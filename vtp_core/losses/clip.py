@@ -1,6 +1,6 @@
 """Symmetric InfoNCE (OpenCLIP `ClipLoss`) with a learnable, clamped logit scale.
 
-VTP uses softmax CLIP, not SigLIP (METHOD.md §1.4, §2.4); the scale starts at ln(1/0.07) and is
+VTP uses softmax CLIP, not SigLIP (docs/method.md#text-tower-and-clip-loss); the scale starts at ln(1/0.07) and is
 clamped at ln(100) as in OpenCLIP (applied in the forward, so the clamp is part of the graph).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stage-2 adversarial pieces: LDM's PatchGAN discriminator, hinge losses and the adaptive GAN weight.
 
-VTP does not say how its GAN stage works (METHOD.md §2.2); these are the priors it names from
+VTP does not say how its GAN stage works (docs/method.md#stage-2); these are the priors it names from
 VA-VAE / LDM `LPIPSWithDiscriminator`: a 3-layer PatchGAN with hinge loss and an adaptive weight
 ||∇L_rec|| / ||∇L_gan|| at the decoder's last layer, scaled by `disc_weight`.
 """

@@ -1,6 +1,6 @@
 """DINOv2 self-distillation losses: DINO on CLS tokens, iBOT on masked patch tokens, KoLeo.
 
-VTP says only "closely follow DINOv2" (METHOD.md §1.5), so these are DINOv2's defaults: softmax
+VTP says only "closely follow DINOv2" (docs/method.md#self-supervision), so these are DINOv2's defaults: softmax
 centering with momentum 0.9 (separate centers for DINO and iBOT), teacher temperature warmed up
 0.04 -> 0.07, student 0.1, KoLeo weight 0.1 on the student's global CLS features.
 """

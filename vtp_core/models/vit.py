@@ -1,6 +1,6 @@
 """DINOv3-style ViT encoder with a linear bottleneck, and the shared RoPE transformer stack.
 
-Why this shape (METHOD.md §1.1-1.2): patch conv, one CLS token, no absolute position embedding,
+Why this shape (docs/method.md#encoder, #latent): patch conv, one CLS token, no absolute position embedding,
 axial 2D RoPE (base 100, centred coords in [-1, 1]) on patch tokens only, pre-norm blocks with
 RMSNorm + SwiGLU + SDPA. The latent is `Linear(D->c, bias=False)` on the final-norm patch tokens,
 deterministic (no KL/noise). Blocks are timm's `EvaBlock` math (`vtp_core.models.layers`: nn.Linear, timm
