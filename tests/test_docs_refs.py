@@ -128,8 +128,8 @@ def problems_in(rel: str, text: str) -> list[str]:
             if path.startswith("../"):
                 dest = _norm(base, path)
             else:
-                first = path.split("/")[0]
-                if not _exists(first) or "/" not in path.rstrip("/") or path.startswith(GENERATED):
+                first = path.split("/")[0]  # a tracked top-level entry (not .venv/, results/, build outputs)
+                if not (first in files or first in tracked()[1]) or "/" not in path.rstrip("/") or path.startswith(GENERATED):
                     continue
                 dest = path
             if dest is None or not _exists(dest):
