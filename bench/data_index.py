@@ -33,7 +33,7 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 load_index(sys.argv[1], "tar", "train")
 print(json.dumps({"n": len(index), "seconds": seconds, "load_seconds": time.perf_counter() - t0,
-                  "bytes": sum(int(index.cols[c].nbytes) for c in COLUMNS), "rss_before_kb": before, "rss_peak_kb": peak}))
+                  "bytes": sum(int(index.cols[c].nbytes) for c in COLUMNS) + int(index.files.ends.nbytes), "rss_before_kb": before, "rss_peak_kb": peak}))
 """
 
 

@@ -6,14 +6,15 @@ stage would cost hours. The index records, per image, where its bytes (and its c
 batches a pure function of (seed, step) with no loader state. Only headers are read to build it.
 
 Compact: eight numpy columns, 37 bytes per image (int32 file ids and sizes, int64 offsets, a bool, an
-int32 label) and no per-image Python object for tar data, in the finished index or while building it:
-one streaming pass over the member headers, where only the shards being scanned hold per-key records,
-turned into arrays when the shard ends (`_Columns`). DataComp-277M is then ~10 GB of columns,
-memory-mapped and shared. (ImageFolder data also lists one path per file in meta.json.)
+int32 label), and file paths as one UTF-8 blob with int64 end offsets (`Names`: per shard for tar data,
+per image and caption file for ImageFolder data, 8-16 bytes per image there). No per-image Python object
+in the finished index or while building it: one streaming pass over the member headers, where only the
+shards being scanned hold per-key records, turned into arrays when the shard ends (`_Columns`).
+DataComp-277M is then ~10 GB of columns, memory-mapped and shared.
 
 Cached under `$VTP_CACHE/data-index/<key>/` (key: dataset kind, split folder, and its listing: shard
-names, sizes and mtimes, or class folders and their mtimes), as .npy files that later processes
-memory-map (eight ranks on a node share one copy in the page cache) plus meta.json (files, class
+names, sizes and mtimes, or class folders and their mtimes), as .npy files (and files.bin) that later
+processes memory-map (eight ranks on a node share one copy in the page cache) plus meta.json (class
 names, manifest sha256 — the same manifest `DataConfig.checksum` is checked against). One process
 builds a missing cache under an exclusive lock while the others wait for it (`_build_once`).
 
@@ -24,6 +25,7 @@ and count as bad data (`folders.check_bad_fraction`).
 """
 from __future__ import annotations
 
+import array
 import fcntl
 import hashlib
 import json
@@ -52,7 +54,7 @@ DTYPES = {"img_file": np.int32, "img_off": np.int64, "img_size": np.int32, "cap_
 RUN_GAP = 64 << 10  # bytes between two members read in one run (tar headers, caption members)
 RUN_MAX = 64 << 20  # bytes of one run read
 SIZE_MAX = int(np.iinfo(np.int32).max)  # a larger member (no image or caption is 2 GiB) is stored as size -1: unreadable
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 
 
 class UnreadableCaption(ValueError):
@@ -64,14 +66,40 @@ class UnreadableCaption(ValueError):
         self.source, self.reason = source, reason
 
 
+class Names:
+    """File paths relative to the index root: one memory-mapped UTF-8 blob and the int64 end offset of each
+    path in it, so a million files cost 8 MB of offsets and no Python objects; `names[i]` decodes path i."""
+
+    def __init__(self, blob: np.ndarray, ends: np.ndarray):
+        self.blob, self.ends = blob, ends
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i) -> str:
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"file id {i} of {len(self)}")
+        i %= len(self)
+        start = int(self.ends[i - 1]) if i else 0
+        return bytes(self.blob[start:int(self.ends[i])]).decode("utf-8", "surrogateescape")
+
+    @staticmethod
+    def load(folder: Path) -> "Names":
+        ends = np.load(folder / "files_end.npy", mmap_mode="r")
+        size = (folder / "files.bin").stat().st_size
+        blob = np.memmap(folder / "files.bin", np.uint8, "r") if size else np.zeros(0, np.uint8)
+        return Names(blob, ends)
+
+
 @dataclass
 class DataIndex:
     """Per-image byte ranges, one numpy column each (`COLUMNS`, `DTYPES`); `cap_file` is -1 where an image has
     no caption file, `label` -1 where its class is unknown, a size -1 where the member was too large to index.
-    `files` are paths relative to `root`."""
+    `files` are paths relative to `root` (`Names`)."""
 
     root: Path
-    files: list[str]
+    files: Names
     class_names: tuple[str, ...]
     manifest_sha256: str
     cols: dict[str, np.ndarray]
@@ -269,6 +297,13 @@ class _Columns:
         self.chunks: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
         self.classes: dict[str, int] = {}  # class text -> id in order of first appearance
         self.n = 0
+        self.names, self.ends = bytearray(), array.array("q")  # file paths: one blob, end offsets
+
+    def add_file(self, name: str) -> int:
+        """Record a file path (relative to the root); its file id."""
+        self.names += name.encode("utf-8", "surrogateescape")
+        self.ends.append(len(self.names))
+        return len(self.ends) - 1
 
     def add(self, part: _Part) -> None:
         if not len(part):
@@ -294,6 +329,11 @@ class _Columns:
                     fh.write((remap[chunk] if c == "label" else chunk).tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
+        np.save(folder / "files_end.npy", np.frombuffer(self.ends, np.int64) if self.ends else np.zeros(0, np.int64))
+        with open(folder / "files.bin", "wb") as fh:
+            fh.write(self.names)
+            fh.flush()
+            os.fsync(fh.fileno())
         return names
 
 
@@ -371,8 +411,10 @@ def _scan_tar(path: Path, file_id: int = 0) -> _Part:
     return _Part(cols, list(classes), manifest)
 
 
-def _build_tar(root: Path, shards: list[Path], out: _Columns) -> tuple[list[str], "hashlib._Hash"]:
+def _build_tar(root: Path, shards: list[Path], out: _Columns) -> "hashlib._Hash":
     manifest = hashlib.sha256()
+    for p in shards:  # file id i = shard i (`_scan_tar` numbers its members' files so)
+        out.add_file(str(p.relative_to(root)))
     with ThreadPoolExecutor(8) as pool:  # network file systems: overlap the header reads; parts come in shard order
         try:
             for part in pool.map(_scan_tar, shards, range(len(shards))):
@@ -381,13 +423,12 @@ def _build_tar(root: Path, shards: list[Path], out: _Columns) -> tuple[list[str]
         except BaseException:
             pool.shutdown(cancel_futures=True)  # a bad shard stops the build now, not after every other shard
             raise
-    return [str(p.relative_to(root)) for p in shards], manifest
+    return manifest
 
 
-def _build_imagefolder(d: Path, class_dirs: list[Path], out: _Columns) -> tuple[list[str], "hashlib._Hash"]:
+def _build_imagefolder(d: Path, class_dirs: list[Path], out: _Columns) -> "hashlib._Hash":
     """Class folders in order, files by name; an image's caption is the first `.txt`/`.json` with its stem.
-    `files` holds one path per image and caption (ImageFolder data has one file per image)."""
-    files: list[str] = []
+    The file names hold one path per image and caption (ImageFolder data has one file per image)."""
     manifest = hashlib.sha256()
     for cls in (p.name for p in class_dirs):
         entries = sorted(os.scandir(d / cls), key=lambda e: e.name)
@@ -401,19 +442,16 @@ def _build_imagefolder(d: Path, class_dirs: list[Path], out: _Columns) -> tuple[
             size = e.stat().st_size
             manifest.update(f"{e.name}\t{size}\n".encode("utf-8", "surrogateescape"))
             cap = next((n for n in sorted(by_stem[Path(e.name).stem]) if Path(n).suffix.lower() in CAP_EXT), None)
-            files.append(f"{cls}/{e.name}")
-            img_file.append(len(files) - 1)
+            img_file.append(out.add_file(f"{cls}/{e.name}"))
             img_size.append(_fit(size))
-            if cap:
-                files.append(f"{cls}/{cap}")
-            cap_file.append(len(files) - 1 if cap else -1)
+            cap_file.append(out.add_file(f"{cls}/{cap}") if cap else -1)
             cap_size.append(_fit((d / cls / cap).stat().st_size) if cap else 0)
             cap_json.append(bool(cap) and cap.lower().endswith(".json"))
         n = len(img_file)
         out.add(_Part({"img_file": np.array(img_file), "img_off": np.zeros(n, np.int64), "img_size": np.array(img_size),
                        "cap_file": np.array(cap_file), "cap_off": np.zeros(n, np.int64), "cap_size": np.array(cap_size),
                        "cap_json": np.array(cap_json, bool), "label": np.zeros(n, np.int32)}, [cls], b""))
-    return files, manifest
+    return manifest
 
 
 def _cache_root() -> Path:
@@ -453,11 +491,11 @@ def _build_once(cache: Path, build) -> None:
 def _build(folder: Path, d: Path, sources: list[Path], dataset: str) -> None:
     t0 = time.perf_counter()
     cols = _Columns()
-    files, manifest = (_build_tar if dataset == "tar" else _build_imagefolder)(d, sources, cols)
-    n = cols.n
+    manifest = (_build_tar if dataset == "tar" else _build_imagefolder)(d, sources, cols)
+    n, n_files = cols.n, len(cols.ends)
     names = cols.write(folder)
     atomic_write_text(folder / "meta.json", json.dumps(  # written last: the folder is a complete index
-        {"version": INDEX_VERSION, "root": str(d), "files": files, "class_names": list(names),
+        {"version": INDEX_VERSION, "root": str(d), "n_files": n_files, "class_names": list(names),
          "manifest_sha256": manifest.hexdigest(), "n": n}))
     log.info("data: indexed %d images in %d %s under %s in %.1f s", n, len(sources),
              "shards" if dataset == "tar" else "class folders", d, time.perf_counter() - t0)
@@ -475,7 +513,7 @@ def load_index(path: str, dataset: str, split: str) -> DataIndex:
         _build_once(cache, lambda folder: _build(folder, d, sources, dataset))
     meta = json.loads((cache / "meta.json").read_text())
     cols = {name: np.load(cache / f"{name}.npy", mmap_mode="r") for name in COLUMNS}
-    return DataIndex(Path(meta["root"]), meta["files"], tuple(meta["class_names"]), meta["manifest_sha256"], cols)
+    return DataIndex(Path(meta["root"]), Names.load(cache), tuple(meta["class_names"]), meta["manifest_sha256"], cols)
 
 
 def dataset_manifest(path: str, dataset: str) -> str:

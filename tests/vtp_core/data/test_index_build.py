@@ -74,8 +74,29 @@ def test_columns_are_compact_typed_and_memory_mapped(tmp_path, env):
     index = data_index.load_index(_shards(tmp_path / "d"), "tar", "train")
     assert len(index) == 150 and index.caption(149) == "caption 149" and index.image_bytes(3) == b"\xff\xd8 tiny"
     assert {c: index.cols[c].dtype for c in data_index.COLUMNS} == {c: np.dtype(t) for c, t in data_index.DTYPES.items()}
-    assert sum(index.cols[c].nbytes for c in data_index.COLUMNS) / len(index) == 37 <= 64
+    assert sum(index.cols[c].nbytes for c in data_index.COLUMNS) / len(index) == 37
     assert all(isinstance(index.cols[c], np.memmap) for c in data_index.COLUMNS)
+    assert isinstance(index.files, data_index.Names) and len(index.files) == 3 and index.files[2] == "00002.tar"
+
+
+def test_imagefolder_paths_are_one_blob_not_one_object_per_file(tmp_path, env):
+    """ImageFolder data has one file per image (and per caption): its paths are a memory-mapped UTF-8 blob
+    plus one int64 end offset per file, so the index stays <= 64 bytes per image with a caption per image
+    (37 + 2 x 8), and paths with non-ASCII names round-trip."""
+    for i in range(40):
+        cls = tmp_path / "d" / "train" / ("chats-é" if i % 2 else "dogs")
+        cls.mkdir(parents=True, exist_ok=True)
+        (cls / f"{i:03d}.jpg").write_bytes(b"\xff\xd8 tiny")
+        (cls / f"{i:03d}.txt").write_text(f"caption {i}")
+    index = data_index.load_index(str(tmp_path / "d"), "imagefolder", "train")
+    files = index.files
+    assert isinstance(files, data_index.Names) and len(files) == 80 and isinstance(files.ends, np.memmap)
+    assert files[0] == "chats-é/001.jpg" and files[1] == "chats-é/001.txt" and files[-1] == "dogs/038.txt"
+    per_image = (sum(index.cols[c].nbytes for c in data_index.COLUMNS) + files.ends.nbytes) / len(index)
+    assert per_image == 37 + 16 <= 64
+    assert index.caption(0) == "caption 1" and index.source(0).endswith("chats-é/001.jpg")
+    with pytest.raises(IndexError, match="file id 80 of 80"):
+        files[80]
 
 
 @pytest.mark.timeout(120)
