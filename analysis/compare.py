@@ -8,6 +8,10 @@ explicit ``target`` both computes come from the laws (independent replicas paire
 A law that does not decrease (α ≤ 0), or whose floor E is above the target, never reaches it: those
 replicas count as unreachable (compute = ∞) and the fraction is reported; an interval bound may then
 be ∞.
+
+A law is read at most `EXTRAPOLATE` (4×) beyond the compute it was fitted on (either side). Where B's
+law would reach the target further out, the sentence says "outside the measured range" and gives that
+range instead of a multiplier; an interval bound beyond it is printed as that limit ("more than …×").
 """
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ import pandas as pd
 
 from analysis.fit import FitResult, get_form
 from analysis.table import done_points, fit_column, protocol_rows
+
+
+EXTRAPOLATE = 4.0  # how far beyond its measured range (a factor of x) a fitted law is read
 
 
 class CompareError(ValueError):
@@ -90,22 +97,43 @@ class Comparison:
     y: str = "gfid"
     x: str = "tokenizer_flops"
     target_source: str = ""
+    range_a: tuple[float, float] = (float("nan"), float("nan"))  # the x each law was fitted on
+    range_b: tuple[float, float] = (float("nan"), float("nan"))
+    limit: float = EXTRAPOLATE
+
+    def _outside(self, x: float, rng: tuple[float, float]) -> bool:
+        lo, hi = rng
+        return bool(np.isfinite(lo) and np.isfinite(hi) and not lo / self.limit <= x <= hi * self.limit)
 
     def sentence(self) -> str:
         pct = int(round(100 * self.x_b.level))
         m, (lo, hi) = self.multiplier, self.ci
         what = f"{self.a}'s {self.target_source} {self.y} ({self.target:.4g})"
+        xname = self.x.replace("_", " ")
         if not np.isfinite(self.x_b.x):
             return f"{self.b} does not reach {what} on its fitted law (α ≤ 0 or floor above it)"
         if not np.isfinite(self.x_a):
             return (f"{self.a} does not reach {what} on its fitted law; {self.b} {self.x_b}"
                     .replace(f"{self.a}'s {self.target_source} ", ""))
+        for name, x, rng in ((self.b, self.x_b.x, self.range_b), (self.a, self.x_a, self.range_a)):
+            if self._outside(x, rng):
+                return (f"{name}'s law would reach {what} at {x:.3g} {xname}: outside the measured range "
+                        f"({rng[0]:.3g}–{rng[1]:.3g} {xname}; laws are read at most {self.limit:g}× beyond it), "
+                        f"so no multiplier is given")
+        # multipliers whose B compute lies within the readable range (A's compute held at its value)
+        m_lo, m_hi = ((self.x_a / (self.range_b[1] * self.limit), self.x_a * self.limit / self.range_b[0])
+                      if np.isfinite(self.range_b[0]) else (0.0, np.inf))
+        cut_lo, cut_hi = not lo >= m_lo, not hi <= m_hi
+        lo, hi = max(lo, m_lo), min(hi, m_hi)
         if m >= 1:
-            txt = f"{self.b} reaches {what} with {m:.3g}× less {self.x.replace('_', ' ')}"
-            ci = f"{pct}% CI {lo:.3g}×–{hi:.3g}×"
+            txt = f"{self.b} reaches {what} with {m:.3g}× less {xname}"
+            ci = f"{pct}% CI {'less than ' * cut_lo}{lo:.3g}×–{'more than ' * cut_hi}{hi:.3g}×"
         else:
-            txt = f"{self.b} needs {1 / m:.3g}× more {self.x.replace('_', ' ')} than {self.a} to reach {what}"
-            ci = f"{pct}% CI {1 / hi if hi else np.inf:.3g}×–{1 / lo if lo else np.inf:.3g}× more"
+            txt = f"{self.b} needs {1 / m:.3g}× more {xname} than {self.a} to reach {what}"
+            ci = (f"{pct}% CI {'less than ' * cut_hi}{1 / hi if hi else np.inf:.3g}×–"
+                  f"{'more than ' * cut_lo}{1 / lo if lo else np.inf:.3g}× more")
+        if cut_lo or cut_hi:
+            ci += "; the rest of the interval lies outside the measured range"
         extra = (f"; {self.b} never reaches it in {100 * self.x_b.frac_unreachable:.0f}% of resamples"
                  if self.x_b.frac_unreachable else "")
         return f"{txt} ({ci}{extra})"
@@ -129,7 +157,7 @@ def compare_fits(fit_a: FitResult, fit_b: FitResult, target: float, x_a: float |
         ratio = np.asarray(xa_b / xb, dtype=float)
         point = xa_pt / rb.x
     return Comparison(a, b, target, xa_pt, rb, float(point), _q(ratio, level), target_source=target_source,
-                      y=fit_b.y_name, x=fit_b.x_name)
+                      y=fit_b.y_name, x=fit_b.x_name, range_a=tuple(fit_a.x_range), range_b=tuple(fit_b.x_range))
 
 
 def compare_recipes(df: pd.DataFrame, a: str, b: str, *, x: str = "tokenizer_flops", y: str = "gfid",

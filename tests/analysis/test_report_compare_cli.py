@@ -106,3 +106,24 @@ def test_report_renders_in_headless_chromium(table, tmp_path):
     rgb = img[..., :3]
     inked = float((rgb.min(axis=-1) < 0.9).mean())                   # share of non-white pixels
     assert img.shape[0] > 100 and inked > 0.01 and float(rgb.std()) > 0.02, (inked, float(rgb.std()))
+
+
+def test_compare_refuses_to_read_a_law_far_outside_its_measured_range():
+    """A law is read at most EXTRAPOLATE (4x) beyond the compute it was fitted on: when B's law would reach
+    A's best only far outside B's budgets, the sentence names the range instead of a multiplier (a flat
+    law's inverse sends the multiplier to 1e20-like values otherwise); inside the range it gives one."""
+    from analysis.compare import EXTRAPOLATE, compare_fits
+
+    x = np.logspace(12, 13, 6)  # one decade measured
+    rng = np.random.default_rng(0)
+    a = fit(x, 50 * (x / 1e12) ** -0.3 * np.exp(rng.normal(0, 0.01, 6)), "power", n_boot=200, extrapolate=False)
+    b_flat = fit(x, 60 * (x / 1e12) ** -0.01 * np.exp(rng.normal(0, 0.01, 6)), "power", n_boot=200, extrapolate=False)
+    target = 50 * 10 ** -0.3  # A's value at its largest budget
+    far = compare_fits(a, b_flat, target, x_a=1e13, a="ae", b="vtp")
+    assert not 1e12 / EXTRAPOLATE <= far.x_b.x <= 1e13 * EXTRAPOLATE
+    s = far.sentence()
+    assert "outside the measured range (1e+12–1e+13 x;" in s and "no multiplier" in s and "×–" not in s
+    b_near = fit(x, 45 * (x / 1e12) ** -0.3 * np.exp(rng.normal(0, 0.01, 6)), "power", n_boot=200, extrapolate=False)
+    near = compare_fits(a, b_near, target, x_a=1e13, a="ae", b="vtp")
+    assert "less x (95% CI" in near.sentence() and "outside" not in near.sentence()
+    assert 1 < near.multiplier < EXTRAPOLATE * 10
