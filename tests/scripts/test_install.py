@@ -183,3 +183,27 @@ def test_which_studies_need_the_debian_package(tmp_path, monkeypatch):
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
     assert needs(fm) == []
     assert main([str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_a_checkout_without_venv_names_the_python_it_would_use_and_refuses_an_old_one(tmp_path):
+    """Where .venv does not exist yet, `--check` says which interpreter `python -m venv` would use (PYTHON=, e.g. a
+    cluster's module) and installs nothing; a Python older than 3.10 (PY= or PYTHON=) is refused in one line."""
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    old = tmp_path / "python3.9"  # answers like a Python 3.9 would
+    old.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; sys.version_info = (3, 9, 18); "
+                   f"exec(sys.argv[1])' \"$2\"\n")
+    old.chmod(0o755)
+
+    def install(**env) -> subprocess.CompletedProcess:
+        return subprocess.run(["./scripts/install.sh", "--check"], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=120, check=False)
+
+    fresh = install(PYTHON=sys.executable)
+    assert fresh.returncode == 1 and f"create it with {sys.executable}" in fresh.stdout, fresh.stdout + fresh.stderr
+    assert not (tmp_path / ".venv").exists()
+    for var in ("PYTHON", "PY"):
+        out = install(**{var: str(old)})
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stdout + out.stderr
+        assert f"{var}={old} is Python 3.9" in out.stderr and ">= 3.10" in out.stderr, out.stderr
+    assert install(PY=sys.executable).returncode == 0, "the environment running these tests has everything"
