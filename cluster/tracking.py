@@ -1,5 +1,10 @@
 """MLflow as the index of a study: one experiment per study, one run per cell.
 
+`python -m cluster.tracking ui --results R --port P` (`make mlflow-ui`) indexes every results/<study>/runs.parquet
+first, then replaces itself with `mlflow ui` on the same store, so the browser shows the current tables. The
+writes and the server are one MLflow installation (full `mlflow`, pinned in pyproject.toml): a store written by
+another MLflow version can have a schema this server refuses, and such a store is moved aside and rebuilt here.
+
 Why it is written from the results table after dispatch (and not by every job): with many SLURM
 jobs starting at once, experiment creation races and SQLite 'database is locked' are the classic
 failures (mlflow#10334, adept#292). Here one process creates the experiment (get-or-create with
@@ -8,9 +13,11 @@ logs immutable cell axes as params once, and everything mutable as metrics/tags.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +30,10 @@ METRICS = ("gfid", "rfid", "linear_probe", "linear_probe_pre", "zero_shot", "zer
 
 def git_commit(cwd: str | Path = ".") -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5,
+                             check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                               text=True, timeout=5).stdout.strip()
+                               text=True, timeout=5, check=False).stdout.strip()
         return (sha or "unknown") + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -62,7 +70,7 @@ def _client(results: Path):
         client = MlflowClient(uri)  # opens the store: creates or upgrades its tables
         client.search_experiments(max_results=1)
         return client
-    except Exception as exc:  # noqa: BLE001 - any store error: see below
+    except Exception as exc:  # any store error: see below
         db = Path(results).resolve() / "mlflow.db"
         if os.environ.get("MLFLOW_TRACKING_URI") or not db.exists():
             raise
@@ -72,6 +80,8 @@ def _client(results: Path):
             part = db.with_name(db.name + suffix)
             if part.exists():
                 part.rename(db.with_name(f"mlflow.db.broken-{stamp}{suffix}"))
+        for marker in Path(results).glob("*/.mlflow_logged"):  # what they say was logged went with the old file
+            marker.unlink(missing_ok=True)
         logging.getLogger("vtp.tracking").warning(
             "MLflow store %s could not be opened (%s); moved aside as mlflow.db.broken-%s, logging into a new one",
             db, str(exc).splitlines()[0][:200], stamp)
@@ -141,3 +151,42 @@ def _log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None, 
             client.set_terminated(run_id, state)
     atomic_write_text(marker, digest + "\n")
     return len(df)
+
+
+def index_all(results: Path) -> int:
+    """Log every study's runs table under `results` (results/<study>/runs.parquet) into the tracking store; the
+    store is opened first, so one that cannot be opened is moved aside and rebuilt from the tables. Returns the
+    number of runs touched (0 when every table was logged already)."""
+    import fcntl
+
+    Path(results).mkdir(parents=True, exist_ok=True)
+    with open(Path(results) / ".mlflow.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _client(Path(results))
+    touched = 0
+    for table in sorted(Path(results).glob("*/runs.parquet")):
+        touched += log_table(pd.read_parquet(table), table.parent.name, Path(results))
+    return touched
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cluster.tracking", description="the MLflow index of the studies")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ui = sub.add_parser("ui", help="index every study's runs table, then serve the MLflow UI on 127.0.0.1")
+    ui.add_argument("--results", default=os.environ.get("VTP_RESULTS", "results"), help="results folder")
+    ui.add_argument("--port", type=int, default=5000)
+    args = ap.parse_args(argv)
+    results = Path(args.results)
+    n = index_all(results)
+    uri = tracking_uri(results)
+    print(f"MLflow index {uri}: {n} runs updated; serving http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    # exec: the server keeps this process id, so whoever started `make mlflow-ui` stops it by that id
+    # one worker: a local browser is one user, and each worker imports MLflow anew before the server answers
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port), "--workers", "1"]
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

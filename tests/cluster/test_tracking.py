@@ -66,3 +66,32 @@ def test_a_half_migrated_store_is_moved_aside_and_rebuilt(tmp_path):
     client = MlflowClient(tracking_uri(results))
     [exp] = [e for e in client.search_experiments() if e.name == "s"]
     assert sorted(r.data.tags["cell"] for r in client.search_runs([exp.experiment_id])) == ["c0", "c1", "c2"]
+
+
+def test_a_store_of_another_mlflow_version_is_rebuilt_from_the_tables(tmp_path):
+    """A store whose schema revision this MLflow does not know (another version wrote it; its server would refuse
+    it) is moved aside when `make mlflow-ui` indexes the tables, and every study is logged again, although each
+    study's marker said its table was logged already (that was into the old file)."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    from cluster.tracking import index_all, log_table, tracking_uri
+
+    results = tmp_path / "results"
+    (results / "s").mkdir(parents=True)
+    _table(3, 7.0).to_parquet(results / "s" / "runs.parquet")
+    assert log_table(_table(3, 7.0), "s", results, commit="abc") == 3
+    assert index_all(results) == 0, "nothing changed: nothing to log"
+    con = sqlite3.connect(results / "mlflow.db")
+    con.execute("UPDATE alembic_version SET version_num = 'f4a9b2c7d1e6'")  # a revision from another MLflow
+    con.commit()
+    con.close()
+    # a new process, as `make mlflow-ui` is (MLflow checks a store's schema once per process and URI)
+    code = f"from cluster.tracking import index_all; print(index_all({str(results)!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "3", out.stdout + out.stderr
+    assert len(list(results.glob("mlflow.db.broken-*"))) == 1
+    client = MlflowClient(tracking_uri(results))
+    [exp] = [e for e in client.search_experiments() if e.name == "s"]
+    assert sorted(r.data.tags["cell"] for r in client.search_runs([exp.experiment_id])) == ["c0", "c1", "c2"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from vtp_core.batches import CaptionTable, make_batch, mask_tensors, sample_indices
 from vtp_core.data import CLASS_NAMES, caption, load_split, load_train, normalize, subset_indices, to_uint8
+from vtp_core.fmnist_files import FMNIST_DEFAULT, debian_fmnist_missing, fmnist_dir
 from vtp_core.data.views import block_masks, multi_crop
 from vtp_core.models.text import tokenize
 from vtp_core.runtime import StageError
@@ -25,9 +27,29 @@ def test_fashion_mnist_split_shapes():
 
 
 def test_missing_dataset_is_one_line_error(tmp_path):
-    with pytest.raises(StageError, match="apt-get install dataset-fashion-mnist") as err:
+    with pytest.raises(StageError, match="dataset-fashion-mnist.*FASHION_MNIST_DIR") as err:
         load_split(small.data(path=str(tmp_path)), "train")
     assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fashion_mnist_dir_is_honoured(tmp_path, monkeypatch):
+    """FASHION_MNIST_DIR replaces the Debian path (a machine without the package); then no Debian package is
+    needed, and a folder without the files is named in the error."""
+    from vtp_core.data.datasets import _fashion_mnist, dataset_checksum
+
+    for f in Path(FMNIST_DEFAULT).iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    assert fmnist_dir(small.data()) == tmp_path and not debian_fmnist_missing(small.data())
+    assert dataset_checksum(small.data()) == dataset_checksum(small.data(path=FMNIST_DEFAULT))
+    _fashion_mnist.cache_clear()
+    assert load_split(small.data(), "test")[0].shape == (10_000, 32, 32, 3)
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "empty"))
+    with pytest.raises(StageError, match=str(tmp_path / "empty")):
+        dataset_checksum(small.data())
+    assert not debian_fmnist_missing(small.data()), "a folder the user names is never installed by apt"
+    monkeypatch.delenv("FASHION_MNIST_DIR")
+    assert not debian_fmnist_missing(small.data()) and not debian_fmnist_missing(small.data(dataset="imagefolder"))
 
 
 def test_subsets_nested_and_deterministic():

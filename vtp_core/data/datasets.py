@@ -1,6 +1,7 @@
 """Dataset readers returning uint8 NHWC arrays + integer labels (+ captions).
 
-Fashion-MNIST comes from Debian; user data (ImageFolder / tar shards) from `data/folders.py`.
+Fashion-MNIST comes from Debian (`dataset-fashion-mnist`) or $FASHION_MNIST_DIR; user data (ImageFolder / tar shards)
+from `data/folders.py`.
 
 Why plain arrays: the tokenizer trainer, the probe, the latent cache and the reference statistics
 all read the same images the same way; Fashion-MNIST (60k/10k, 28x28) fits in memory, is padded
@@ -23,15 +24,8 @@ import torch.nn.functional as F
 
 from vtp_core.config import DataConfig
 from vtp_core.data.captions import CLASS_NAMES, readable_class_names
+from vtp_core.fmnist_files import FILES, fmnist_dir, missing_message
 from vtp_core.runtime import StageError
-
-FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
-_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-def fmnist_dir(cfg: DataConfig) -> Path:
-    return Path(cfg.path or os.environ.get("VTP_FMNIST_DIR") or FMNIST_DEFAULT)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -44,11 +38,10 @@ def _read_idx(path: Path) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _fashion_mnist(root: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    img_f, lab_f = (Path(root) / f for f in _FILES[split])
+    img_f, lab_f = (Path(root) / f for f in FILES[split])
     for f in (img_f, lab_f):
         if not f.is_file():
-            raise StageError(f"Fashion-MNIST file {f} not found: `apt-get install dataset-fashion-mnist` "
-                             f"or set DataConfig.path / VTP_FMNIST_DIR")
+            raise StageError(missing_message(f))
     imgs, labels = _read_idx(img_f), _read_idx(lab_f).astype(np.int64)
     if size >= 28 and (size - 28) % 2 == 0:
         pad = (size - 28) // 2
@@ -67,7 +60,7 @@ def _fashion_mnist(root: str, split: str, size: int) -> tuple[np.ndarray, np.nda
 def _fmnist_checksum(root: str, stamps: tuple) -> str:
     h = hashlib.sha256()
     for split in ("train", "test"):
-        for name in _FILES[split]:
+        for name in FILES[split]:
             h.update(f"{name}\n".encode())
             h.update((Path(root) / name).read_bytes())
     return h.hexdigest()
@@ -79,11 +72,10 @@ def dataset_checksum(cfg: DataConfig) -> str:
     data is missing."""
     if cfg.dataset == "fashion_mnist":
         root = fmnist_dir(cfg)
-        files = [root / f for split in ("train", "test") for f in _FILES[split]]
+        files = [root / f for split in ("train", "test") for f in FILES[split]]
         missing = [f for f in files if not f.is_file()]
         if missing:
-            raise StageError(f"Fashion-MNIST file {missing[0]} not found: `apt-get install dataset-fashion-mnist` "
-                             f"or set DataConfig.path / VTP_FMNIST_DIR")
+            raise StageError(missing_message(missing[0]))
         return _fmnist_checksum(str(root), tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     from vtp_core.data.index import dataset_manifest
 
@@ -104,7 +96,7 @@ def split_size(cfg: DataConfig, split: str) -> int:
 
 def load_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Whole split ('train' | 'test') as (uint8 (N,S,S,3), int64 (N,)), read-only, cached."""
-    if split not in _FILES:
+    if split not in FILES:
         raise StageError(f"unknown split '{split}'; valid: train, test")
     if cfg.dataset == "fashion_mnist":
         from vtp_core.data.folders import check_manifest
