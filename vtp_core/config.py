@@ -261,6 +261,9 @@ class AnchorConfig:
                      doc="encoder size; the released decoder has the same width, depth and heads")
     text: str = spec("base", choices=_sizes("text"), source="released code: HF config (12 x 768 text tower)",
                      doc="text tower size")
+    tokenizer_flops: float = unversioned(0.0, ge=0, source="yours (e.g. the release's paper)",
+                                         doc="pre-training FLOPs you attribute to the release, only to place its point "
+                                             "on compute axes; 0 = unknown (drawn as a labelled horizontal line)")
 
     def problems(self):
         if not self.name or not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum():

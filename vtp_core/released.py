@@ -237,6 +237,11 @@ def _infer(sd: dict[str, torch.Tensor], where: str) -> tuple[int, int]:
     return int(sd["trunk.patch_embed.proj.weight"].shape[-1]), int(sd["trunk.feature_bottleneck.weight"].shape[0])
 
 
+def infer_shape(path: str | Path) -> tuple[int, int]:
+    """(patch, latent channels) of a released file, from its tensor shapes alone."""
+    return _infer(read_state_dict(path, lazy=True), str(path))
+
+
 def convert(sd: dict[str, torch.Tensor], anchor: AnchorConfig, where: str = "",
             shapes_only: bool = False) -> Tokenizer | None:
     """A `Tokenizer` holding the released weights `sd` (see the module docstring), in eval mode on the CPU.
