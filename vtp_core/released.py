@@ -298,6 +298,6 @@ def run(cfg: AnchorConfig, ctx: StageContext) -> dict:
         raise StageError(f"anchors[{cfg.name}].sha256: {cfg.checkpoint} has sha256 {sha}, not {cfg.sha256}")
     model = convert(read_state_dict(cfg.checkpoint), cfg)
     atomic_torch_save(tokenizer_payload(model), Path(ctx.out) / "tokenizer.pt")
-    return {"anchor": cfg.name, "checkpoint_sha256": sha, "size": cfg.size,
+    return {"checkpoint_sha256": sha, "size": cfg.size,
             "encoder_params": registry.count_params(model.encoder),
             "params": registry.count_params(model)}

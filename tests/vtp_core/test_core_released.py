@@ -150,7 +150,7 @@ def test_anchor_stage_writes_a_tokenizer(sd, tmp_path):
     out = tmp_path / "stage"
     out.mkdir()
     m = run(anchor(pt, sha256_of(pt)), StageContext(out=out))
-    assert m["anchor"] == "vtp-tiny" and m["encoder_params"] > 0
+    assert m["checkpoint_sha256"] == sha256_of(pt) and m["encoder_params"] > 0
     tok = load_tokenizer(out)
     st = tmp_path / "vtp.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
