@@ -85,7 +85,7 @@ def test_anchor_cell_end_to_end(tmp_path, capsys, micro_study):
     study = tmp_path / "micro.yaml"
     study.write_text(text.format(budget=f"{_budget(tmp_path, text):.6e}"))
     results = tmp_path / "results"
-    assert cli(["--results", str(results), "sweep", str(study), "--no-progress", "--no-mlflow"]) == 0
+    assert cli(["--results", str(results), "sweep", str(study), "--no-progress"]) == 0  # MLflow logs it too
     df = pd.read_parquet(results / "micro" / "runs.parquet")
     assert (df.status == "done").all(), df[["cell", "status", "reason"]]
     a = df.set_index("cell").loc["anchor-vtp-t"]
