@@ -198,8 +198,6 @@ def test_memory_plan_on_the_stage_and_in_the_dry_run(write_study, fixed_costs, t
     strategy that fits; the dry run shows both; no id changes; without it (the CPU demo) nothing is planned."""
     import io
 
-    import io
-
     from cluster.cli import print_dry_run
     from cluster.store import Store
 
