@@ -108,18 +108,30 @@ def _rotate(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, interleaved: 
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
-def _blocks(x, sd, prefix, depth, heads, n_prefix, hw, norm, interleaved=False, swap_swiglu=False):
+def _rope_bf16(hd: int, h: int, w: int, per: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released code's own RoPE evaluation: coordinates, angles, sin and cos in bfloat16."""
+    bf = torch.bfloat16
+    ch = torch.arange(0.5, h, dtype=bf) / h
+    cw = torch.arange(0.5, w, dtype=bf) / w
+    coords = 2.0 * torch.stack(torch.meshgrid(ch, cw, indexing="ij"), -1).flatten(0, 1) - 1.0
+    angles = (2 * math.pi * coords[:, :, None] / per.to(bf)[None, None, :]).flatten(1, 2).tile(2)
+    return angles.sin(), angles.cos()
+
+
+def _blocks(x, sd, prefix, depth, heads, n_prefix, hw, norm, interleaved=False, swap_swiglu=False, bf16_rope=False):
     d = x.shape[-1]
     hd = d // heads
-    sin, cos = _rope(hd, *hw, _exact(hd))
+    sin, cos = _rope_bf16(hd, *hw, periods(hd)) if bf16_rope else _rope(hd, *hw, _exact(hd))
     for i in range(depth):
         p = lambda k, i=i: sd[f"{prefix}.{i}.{k}"].double()
         y = norm(x, p, "norm1")
         b, n, _ = y.shape
         qkv = (y @ p("attn.qkv.weight").T + p("attn.qkv.bias")).view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        q = torch.cat([q[:, :, :n_prefix], _rotate(q[:, :, n_prefix:], sin, cos, interleaved)], 2)
-        k = torch.cat([k[:, :, :n_prefix], _rotate(k[:, :, n_prefix:], sin, cos, interleaved)], 2)
+        if bf16_rope:  # q and k rotated in bfloat16, as the released attention does, then back
+            q, k = q.to(torch.bfloat16), k.to(torch.bfloat16)
+        q = torch.cat([q[:, :, :n_prefix], _rotate(q[:, :, n_prefix:], sin, cos, interleaved)], 2).double()
+        k = torch.cat([k[:, :, :n_prefix], _rotate(k[:, :, n_prefix:], sin, cos, interleaved)], 2).double()
         a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), -1) @ v
         x = x + a.transpose(1, 2).reshape(b, n, d) @ p("attn.proj.weight").T + p("attn.proj.bias")
         y = norm(x, p, "norm2")
