@@ -218,13 +218,14 @@ class Study:
         sha256 it is pinned to, and the released layout at its size (names and shapes read, not the weights)."""
         names = [a.name for a in self.anchors]
         for i, a in enumerate(self.anchors):
-            at = f"anchors[{i}]"
             for name, msg in problems(a):
-                yield f"{at}.{name}", msg
+                yield f"anchors[{i}].{name}", msg
                 return
-            if names.count(a.name) > 1:
-                yield f"{at}.name", f"{a.name!r} is given to more than one anchor"
+            if a.name in names[:i]:
+                yield f"anchors[{i}].name", f"{a.name!r} is already the name of anchors[{names.index(a.name)}]"
                 return
+        for i, a in enumerate(self.anchors):
+            at = f"anchors[{i}]"
             p = Path(a.checkpoint)
             if not p.is_file():
                 yield f"{at}.checkpoint", f"{a.checkpoint}: no such file"
