@@ -10,6 +10,8 @@ must be able to trust from the picture alone:
   band, dashed beyond the data; the held-out-largest-x error is in the legend;
 * only one metric protocol per figure: rows made under other protocols are left out and counted
   in the caption next to the protocol hash;
+* released tokenizers (anchor rows) are black stars labelled with their name, never fitted; one whose x is
+  unknown (a released model's pre-training FLOPs) is a labelled dotted horizontal line at its value;
 * log axes carry plain tick labels, never mathtext like ``2×10²`` (``_plain_log_ticks``, applied to
   every log axis of every figure in ``_save``): ``100``, ``150``, ``200`` on a gFID axis, ``1e19``,
   ``2e19`` on a FLOPs axis (``tick_label``). ``Figure.tick_labels`` records the labels that were drawn.
@@ -31,7 +33,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from analysis.fit import FitResult  # noqa: E402
-from analysis.table import LOG_METRICS, SCALING_AXES, done_points, fit_column, protocol_rows  # noqa: E402
+from analysis.table import LOG_METRICS, PROTOCOL_OF, SCALING_AXES, done_points, fit_column, protocol_rows  # noqa: E402
 
 STATUS_MARKERS = {  # status → (marker, filled, label)
     "done": ("o", True, "done"),
@@ -209,9 +211,37 @@ def _draw_law(ax, res: FitResult, color: str, xmin: float, xmax: float, extend: 
     return label
 
 
-def _legend(ax, colors: dict, labels: dict, counts: dict) -> None:
+def _draw_anchors(ax, anchors: pd.DataFrame | None, x: str, y: str, proto: str | None) -> tuple[int, int]:
+    """Released tokenizers beside the curves: a labelled star at (x, y), or a labelled dotted line at y when x is
+    unknown. Only done rows under the figure's protocol of y; returns (drawn, left out for another protocol)."""
+    if anchors is None or not len(anchors):
+        return 0, 0
+    pc = PROTOCOL_OF.get(y)
+    drawn = other = 0
+    for _, r in anchors.iterrows():
+        if r.get("status") != "done" or not (pd.notna(r[y]) and r[y] > 0):
+            continue
+        if pc and pc in r and proto is not None and str(r[pc]) != proto:
+            other += 1
+            continue
+        name = str(r["anchor"])
+        if x in r and pd.notna(r[x]) and r[x] > 0:
+            ax.scatter([r[x]], [r[y]], marker="*", s=160, color="black", zorder=5)
+            ax.annotate(f"{name} {r[y]:.3g}", (r[x], r[y]), xytext=(6, 4), textcoords="offset points", fontsize=8)
+        else:
+            ax.axhline(r[y], color="black", ls=":", lw=1.2, zorder=2)
+            ax.annotate(f"{name} {r[y]:.3g} (released)", (1.0, r[y]), xycoords=("axes fraction", "data"),
+                        xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
+        drawn += 1
+    return drawn, other
+
+
+def _legend(ax, colors: dict, labels: dict, counts: dict, n_anchors: int = 0) -> None:
     handles = [Line2D([], [], color=colors[g], lw=2, label=f"{g}: {labels.get(g, '')}".rstrip(": "))
                for g in colors]
+    if n_anchors:
+        handles.append(Line2D([], [], ls="", marker="*", color="black", markersize=10,
+                              label=f"released tokenizer, not fitted ({n_anchors})"))
     for key, (mk, filled, text) in STATUS_MARKERS.items():
         if counts.get(key):
             handles.append(Line2D([], [], ls="", marker=mk, color="0.3",
@@ -221,8 +251,9 @@ def _legend(ax, colors: dict, labels: dict, counts: dict) -> None:
 
 def plot_scaling(df: pd.DataFrame, x: str = "tokenizer_flops", y: str = "gfid", group: str = "recipe",
                  out_stem=None, *, form: str = "auto", n_boot: int = 1000, fits: dict | None = None,
-                 title: str | None = None) -> Figure:
-    """Log-log y vs x, one colour per ``group``, fitted law + 95% band per group; PNG and SVG."""
+                 title: str | None = None, anchors: pd.DataFrame | None = None) -> Figure:
+    """Log-log y vs x, one colour per ``group``, fitted law + 95% band per group; PNG and SVG. ``anchors``:
+    released tokenizers' rows, drawn as labelled points (`_draw_anchors`), never fitted."""
     out_stem = out_stem or f"{y}_vs_{x}"
     rows, protos, n_excl = protocol_rows(df, y)
     groups = sorted(map(str, rows[group].dropna().unique()))
@@ -244,6 +275,8 @@ def plot_scaling(df: pd.DataFrame, x: str = "tokenizer_flops", y: str = "gfid", 
         else:
             labels[g] = "no done points"
         _draw_points(ax, sub, x, y, colors[g], counts)
+    n_anchors, other = _draw_anchors(ax, anchors, x, y, protos.get(y))
+    n_excl += other
     placed = rows[x].fillna(rows["budget_flops"]) if "budget_flops" in rows.columns else rows[x]
     placed = placed[placed > 0]
     if len(placed):
@@ -255,7 +288,7 @@ def plot_scaling(df: pd.DataFrame, x: str = "tokenizer_flops", y: str = "gfid", 
     caption = _caption(protos, n_excl, "band: 95% bootstrap over cells; dashed: extrapolation")
     ax.set_title(title or f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", fontsize=11, pad=18)
     ax.text(0.5, 1.01, caption, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="0.35")
-    _legend(ax, colors, labels, counts)
+    _legend(ax, colors, labels, counts, n_anchors)
     paths, ticks = _save(fig, out_stem)
     return Figure(paths, fits, protos, n_excl, caption, ticks)
 
@@ -272,15 +305,16 @@ def _final_points(rows: pd.DataFrame, x: str, y: str, group: str) -> pd.DataFram
 
 
 def plot_vs(df: pd.DataFrame, x: str, y: str, group: str = "recipe", out_stem=None, *,
-            form: str = "auto", n_boot: int = 1000) -> Figure:
+            form: str = "auto", n_boot: int = 1000, anchors: pd.DataFrame | None = None) -> Figure:
     """y vs x per group. Scaling x (params, data, FLOPs): fitted law with band, at each curve's end.
-    Metric x (linear_probe, rfid, …): scatter with Spearman ρ per group."""
+    Metric x (linear_probe, rfid, …): scatter with Spearman ρ per group. ``anchors`` as in `plot_scaling`."""
     out_stem = out_stem or f"{y}_vs_{x}"
     if x in SCALING_AXES:
         rows, protos, n_excl = protocol_rows(df, y)
         rows = _final_points(rows, x, y, group)
         fig = plot_scaling(rows, x=x, y=y, group=group, out_stem=out_stem, form=form, n_boot=n_boot,
-                           title=f"{LABELS.get(y, y)} vs {LABELS.get(x, x)} (each curve's largest budget)")
+                           title=f"{LABELS.get(y, y)} vs {LABELS.get(x, x)} (each curve's largest budget)",
+                           anchors=anchors)
         fig.n_excluded += n_excl
         return fig
     rows, protos, n_excl = protocol_rows(df, x, y)
@@ -312,7 +346,8 @@ def plot_vs(df: pd.DataFrame, x: str, y: str, group: str = "recipe", out_stem=No
     caption = _caption(protos, n_excl, extra)
     ax.set_title(f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", fontsize=11, pad=18)
     ax.text(0.5, 1.01, caption, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="0.35")
-    _legend(ax, colors, labels, counts)
+    n_anchors, _ = _draw_anchors(ax, anchors, x, y, protos.get(y))
+    _legend(ax, colors, labels, counts, n_anchors)
     paths, ticks = _save(fig, out_stem)
     return Figure(paths, {}, protos, n_excl, caption, ticks)
 

@@ -19,7 +19,7 @@ import pandas as pd
 from analysis import plots, summary
 from analysis.compare import CompareError, compare_recipes
 from analysis.fit import FitResult
-from analysis.table import check_table, problems, protocol_rows
+from analysis.table import check_table, problems, protocol_rows, split_anchors
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
@@ -94,17 +94,20 @@ def write_report(df: pd.DataFrame, study: str, out_dir, provenance: dict | None 
     out.mkdir(parents=True, exist_ok=True)
     provenance = dict(provenance or {})
     df = df[df["study"].astype(str) == str(study)] if (df["study"].astype(str) == str(study)).any() else df
+    df, anchors = split_anchors(df)  # released tokenizers: labelled points in the figures, in no fit or summary
 
     figs: list[tuple[str, plots.Figure]] = []
-    main = plots.plot_scaling(df, "tokenizer_flops", "gfid", out_stem=out / "gfid_vs_tokenizer_flops", n_boot=n_boot)
+    main = plots.plot_scaling(df, "tokenizer_flops", "gfid", out_stem=out / "gfid_vs_tokenizer_flops", n_boot=n_boot,
+                              anchors=anchors)
     figs.append(("gFID vs tokenizer pre-training compute", main))
     fits = main.fits
     for col, title in (("encoder_params", "gFID vs encoder parameters"), ("data_size", "gFID vs pre-training data")):
         if _varies(df, col):
-            figs.append((title, plots.plot_vs(df, col, "gfid", out_stem=out / f"gfid_vs_{col}", n_boot=n_boot)))
+            figs.append((title, plots.plot_vs(df, col, "gfid", out_stem=out / f"gfid_vs_{col}", n_boot=n_boot,
+                                              anchors=anchors)))
     for col, title in (("linear_probe", "understanding vs generation"), ("rfid", "reconstruction vs generation")):
         if col in df.columns and df[col].notna().any():
-            figs.append((title, plots.plot_vs(df, col, "gfid", out_stem=out / f"gfid_vs_{col}")))
+            figs.append((title, plots.plot_vs(df, col, "gfid", out_stem=out / f"gfid_vs_{col}", anchors=anchors)))
     if df["recipe"].nunique() > 1:
         figs.append(("recipes at equal tokenizer compute",
                      plots.plot_recipes_at_equal_flops(df, out_stem=out / "gfid_recipes_at_equal_flops", fits=fits)))
@@ -140,6 +143,12 @@ def write_report(df: pd.DataFrame, study: str, out_dir, provenance: dict | None 
               f"95% percentile intervals from {n_boot} bootstrap resamples over cells; "
               "the held-out check refits without the largest compute and predicts it.</p>",
               _fit_rows(fits)]
+    if len(anchors):
+        cols = [c for c in ("anchor", "encoder", "encoder_params", "gfid", "gfid_protocol", "rfid", "linear_probe",
+                            "zero_shot", "status") if c in anchors.columns]
+        parts += ["<h2>Released tokenizers (anchors)</h2>",
+                  "<p class=muted>Run through the same downstream stages; drawn as labelled points, never fitted.</p>",
+                  _table(anchors[cols])]
     if sentences:
         parts += ["<h2>Recipe comparison</h2><ul>"] + [f"<li>{_e(s)}</li>" for s in sentences] + ["</ul>"]
     parts.append("<h2>Figures</h2>")

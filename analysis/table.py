@@ -6,7 +6,9 @@ plots, reports and comparisons apply the same ones:
 * only ``status == "done"`` rows with a finite metric are fitted; every other row is reported
   (failed / diverged / pending / running, with its reason), never silently dropped;
 * numbers made under different metric protocols never share a curve: the dominant protocol
-  (most rows) is kept and the number of excluded rows is returned.
+  (most rows) is kept and the number of excluded rows is returned;
+* anchor rows (released tokenizers, ``anchor`` column non-empty) are never fitted: ``done_points``, which
+  every fit reads, leaves them out; plots draw them as labelled points beside the curves.
 """
 from __future__ import annotations
 
@@ -68,8 +70,22 @@ def protocol_rows(df: pd.DataFrame, *cols: str) -> tuple[pd.DataFrame, dict[str,
     return df[keep], protos, int((~keep).sum())
 
 
+def is_anchor(df: pd.DataFrame) -> pd.Series:
+    """True for the rows of released tokenizers (tables written before anchors existed have none)."""
+    if "anchor" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["anchor"].fillna("").astype(str) != ""
+
+
+def split_anchors(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trained rows, anchor rows)."""
+    a = is_anchor(df)
+    return df[~a], df[a]
+
+
 def done_points(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    ok = (df["status"] == "done") & df[x].notna() & df[y].notna()
+    """Rows a law may be fitted on: done, both values present, not an anchor."""
+    ok = (df["status"] == "done") & df[x].notna() & df[y].notna() & ~is_anchor(df)
     return df[ok]
 
 

@@ -71,10 +71,15 @@ def print_dry_run(p, store, out=sys.stdout) -> None:
     for c in p.cells:
         sts = [p.stages[c.stages[k]] for k in CELL_STAGES]
         done = sum(store.is_done(x.id) for x in sts)
-        budget = fmt_num(c.budget) + (" samples" if c.budget_kind == "samples" else "")
-        per_obj = " / ".join(fmt_num(c.samples[k]) for k in ("clip", "ssl", "rec"))
         pre = p.stages[c.stages["pretrain"]]
         mem = f"{pre.mem_gb:.1f} {_short(pre.strategy)}" if pre.strategy else "–"
+        if c.anchor:  # a released tokenizer: nothing trained here, its pre-training is not ours to count
+            t.add_row(c.id, "anchor", c.encoder, f"{c.encoder_params / 1e6:.2f}M", "–", "–", "–",
+                      "–", "–", "–", fmt_num(c.dit_flops), *[_fmt_s(x.seconds) for x in sts], mem,
+                      f"{p.cell_device_hours(c):.3g}", f"{done}/{len(sts)}")
+            continue
+        budget = fmt_num(c.budget) + (" samples" if c.budget_kind == "samples" else "")
+        per_obj = " / ".join(fmt_num(c.samples[k]) for k in ("clip", "ssl", "rec"))
         t.add_row(c.id, c.recipe, c.encoder, f"{c.encoder_params / 1e6:.2f}M", fmt_num(c.data_size) if c.data_size else "all",
                   budget, str(c.steps), fmt_num(c.samples_seen), per_obj, fmt_num(c.tokenizer_flops),
                   fmt_num(c.dit_flops), *[_fmt_s(x.seconds) for x in sts], mem, f"{p.cell_device_hours(c):.3g}",
@@ -87,7 +92,7 @@ def print_dry_run(p, store, out=sys.stdout) -> None:
     shown: set = set()
     for c in p.cells:  # the memory plan's figures, once per architecture (they do not depend on the budget)
         pre = p.stages[c.stages["pretrain"]]
-        if pre.strategy and (c.recipe, c.encoder) not in shown:
+        if pre.strategy and not c.anchor and (c.recipe, c.encoder) not in shown:
             shown.add((c.recipe, c.encoder))
             parts = ", ".join(f"{k} {v:.3g}" for k, v in pre.mem if k != "total" and v > 0)
             print(f"memory plan {c.recipe}-{c.encoder}: pretrain {pre.strategy}, {pre.mem_gb:.1f} GB per GPU of "

@@ -48,6 +48,7 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
         rfid = probe.get("rfid") or {}
         row = {
             "study": plan.study.name, "cell": c.id, "recipe": c.recipe, "encoder": c.encoder,
+            "anchor": c.anchor,  # a released tokenizer's name; "" for a trained cell (never fitted if set)
             "encoder_params": c.encoder_params, "data_size": c.data_size or pre.get("data_size", 0),  # 0 asked = the whole set
             "budget_flops": c.budget_flops, "budget_kind": c.budget_kind,
             "tokenizer_flops": pre.get("tokenizer_flops", c.tokenizer_flops), "tokenizer_steps": c.steps,

@@ -17,6 +17,7 @@ ENTRY = {
     "dit": "dit_eval.train:run",
     "sample": "dit_eval.sample:run",
     "fid": "dit_eval.fid:run",
+    "anchor": "vtp_core.released:run",
 }
 
 

@@ -17,7 +17,7 @@ from vtp_core.cfg import versioned_dict
 
 CODE_VERSION: dict[str, int] = {
     "pretrain": 5, "probe": 2, "extractor": 1, "refstats": 2,
-    "latents": 2, "dit": 2, "sample": 2, "fid": 1,
+    "latents": 2, "dit": 2, "sample": 2, "fid": 1, "anchor": 1,
 }
 
 

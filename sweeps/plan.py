@@ -34,7 +34,8 @@ from vtp_core.cfg import ConfigError, check
 from vtp_core.config import DataConfig, warmup_steps
 from vtp_core.runtime import StageError
 
-CELL_STAGES = STAGE_KINDS[2:]  # pretrain, probe, latents, dit, sample, fid: one chain per cell
+CELL_STAGES = ("pretrain", "probe", "latents", "dit", "sample", "fid")  # one chain per cell (an anchor cell's
+# tokenizer slot "pretrain" holds its `anchor` stage: the released weights converted, nothing trained)
 SHARED_STAGES = STAGE_KINDS[:2]  # extractor, refstats: one per study
 
 
@@ -77,7 +78,8 @@ class Cell:
     dit_flops: float
     samples_seen: int  # steps × images drawn per step (what the recipe trains on)
     samples: dict[str, int]  # per objective: clip, ssl, rec (0 when off)
-    stages: dict[str, str]  # kind -> stage id
+    stages: dict[str, str]  # kind -> stage id ("pretrain": an anchor cell's `anchor` stage)
+    anchor: str = ""  # a released tokenizer's name (`anchors:` of the study); "" for a trained cell
 
     @property
     def budget_flops(self) -> float:
@@ -252,6 +254,7 @@ def plan(study: Study) -> Plan:
     g = s.grid
     n_lat = s.latents.n_images or _split_size(s.latents.data, "train", f"{where}: eval_data")
     per_arch = {}  # (recipe, encoder) -> costs that ignore seed, data size and steps (`costs._strip`), looked up once
+    ctx = {"ext": ext, "ref": ref, "ext_fwd": ext_fwd, "n_lat": n_lat, "per_arch": per_arch}
     for recipe, encoder, data_size, budget, seed in itertools.product(g.recipe, g.encoder, g.data_size, g.budget,
                                                                       g.seed):
         base = dataclasses.replace(s.tokenizer, recipe=recipe, encoder=encoder, seed=seed,
@@ -290,37 +293,72 @@ def plan(study: Study) -> Plan:
         pre = dataclasses.replace(pre, seconds=pre.seconds * slower, **mem)
         p.add(pre)
         short = pre.id.split("-", 1)[1].rsplit("-", 1)[0]
-        pr = s.probe
-        probe = _stage(s, "probe", short, pr, (("pretrain", pre.id), ("extractor", ext.id), ("refstats", ref.id)),
-                       flops=enc_flops * (pr.n_train + 2 * pr.n_test) + (dec_flops + 2 * ext_fwd) * pr.n_test,
-                       images=pr.n_train + 2 * pr.n_test)
-        p.add(probe)
-        n_enc = n_lat * (2 if s.latents.flip else 1)
-        lat = _stage(s, "latents", short, s.latents, (("pretrain", pre.id),), flops=enc_flops * n_enc, images=n_lat)
-        p.add(lat)
-        dit_flops = costs.dit_step_flops(s.dit, shape) * s.dit.steps
-        if ("dit-memory", shape) not in per_arch:
-            per_arch["dit-memory", shape] = dit_memory(s, shape, cell_name)
-        dit = dataclasses.replace(_stage(s, "dit", f"{s.dit.size}-n{s.dit.steps}", s.dit, (("latents", lat.id),),
-                                         flops=dit_flops), **per_arch["dit-memory", shape])
-        p.add(dit)
-        guided = 2 if s.sample.cfg_scale != 1 else 1
-        n = s.sample.n_samples
-        samp_flops = n * ((s.sample.steps - 1) * guided * costs.dit_forward_flops(s.dit, shape) + dec_flops)
-        samp = _stage(s, "sample", f"n{n}-{s.sample.sampler}{s.sample.steps}", s.sample,
-                      (("dit", dit.id), ("latents", lat.id), ("pretrain", pre.id)), flops=samp_flops)
-        p.add(samp)
-        fid = _stage(s, "fid", f"n{n}-{s.extractor.name}", s.fid, (("sample", samp.id), ("extractor", ext.id),
-                                                                   ("refstats", ref.id)), flops=n * ext_fwd)
-        p.add(fid)
+        down = _downstream(p, pre.id, short, enc_flops, dec_flops, shape, cell_name, ctx)
         p.cells.append(Cell(
             id=cell_name, recipe=recipe, encoder=encoder, data_size=data_size, budget_kind=g.budget_kind,
             budget=float(budget), seed=seed, steps=steps, encoder_params=enc_params, tokenizer_flops=tok_flops,
-            dit_flops=dit_flops, samples_seen=steps * draw,
+            dit_flops=down.pop("dit_flops"), samples_seen=steps * draw,
             samples={k: steps * b for k, b in objective_batches(tok).items()},
-            stages={"extractor": ext.id, "refstats": ref.id, "pretrain": pre.id, "probe": probe.id,
-                    "latents": lat.id, "dit": dit.id, "sample": samp.id, "fid": fid.id}))
+            stages={"extractor": ext.id, "refstats": ref.id, "pretrain": pre.id, **down}))
+    for a in s.anchors:
+        _anchor_cell(p, a, ctx)
     return p
+
+
+def _downstream(p: Plan, pre_id: str, short: str, enc_flops: float, dec_flops: float, shape: tuple,
+                cell_name: str, ctx: dict) -> dict:
+    """The stages after a tokenizer (`pre_id`: a pretrain or an anchor stage, the `pretrain` input of what
+    follows): probe, latents, dit, sample, fid. Returns their ids by kind and the DiT's FLOPs ('dit_flops')."""
+    s, ext, ref, ext_fwd, per_arch = p.study, ctx["ext"], ctx["ref"], ctx["ext_fwd"], ctx["per_arch"]
+    pr = s.probe
+    probe = _stage(s, "probe", short, pr, (("pretrain", pre_id), ("extractor", ext.id), ("refstats", ref.id)),
+                   flops=enc_flops * (pr.n_train + 2 * pr.n_test) + (dec_flops + 2 * ext_fwd) * pr.n_test,
+                   images=pr.n_train + 2 * pr.n_test)
+    p.add(probe)
+    n_lat = ctx["n_lat"]
+    n_enc = n_lat * (2 if s.latents.flip else 1)
+    lat = _stage(s, "latents", short, s.latents, (("pretrain", pre_id),), flops=enc_flops * n_enc, images=n_lat)
+    p.add(lat)
+    dit_flops = costs.dit_step_flops(s.dit, shape) * s.dit.steps
+    if ("dit-memory", shape) not in per_arch:
+        per_arch["dit-memory", shape] = dit_memory(s, shape, cell_name)
+    dit = dataclasses.replace(_stage(s, "dit", f"{s.dit.size}-n{s.dit.steps}", s.dit, (("latents", lat.id),),
+                                     flops=dit_flops), **per_arch["dit-memory", shape])
+    p.add(dit)
+    guided = 2 if s.sample.cfg_scale != 1 else 1
+    n = s.sample.n_samples
+    samp_flops = n * ((s.sample.steps - 1) * guided * costs.dit_forward_flops(s.dit, shape) + dec_flops)
+    samp = _stage(s, "sample", f"n{n}-{s.sample.sampler}{s.sample.steps}", s.sample,
+                  (("dit", dit.id), ("latents", lat.id), ("pretrain", pre_id)), flops=samp_flops)
+    p.add(samp)
+    fid = _stage(s, "fid", f"n{n}-{s.extractor.name}", s.fid, (("sample", samp.id), ("extractor", ext.id),
+                                                               ("refstats", ref.id)), flops=n * ext_fwd)
+    p.add(fid)
+    return {"probe": probe.id, "latents": lat.id, "dit": dit.id, "sample": samp.id, "fid": fid.id,
+            "dit_flops": dit_flops}
+
+
+def _anchor_cell(p: Plan, a, ctx: dict) -> None:
+    """A released tokenizer as a cell: an `anchor` stage (convert the file into tokenizer.pt) in place of
+    pretrain, then the same downstream stages. Its tokenizer FLOPs are what the study attributes to it
+    (`tokenizer_flops`, a plot position only) or unknown (NaN): anchors are points beside the fitted curves,
+    never inside a fit."""
+    from vtp_core.released import infer_shape, tokenizer_config
+
+    s = p.study
+    patch, channels = infer_shape(a.checkpoint)
+    tok = dataclasses.replace(tokenizer_config(a, patch, channels), data=s.tokenizer.data)
+    stage = _stage(s, "anchor", f"{a.size}-{a.sha256[:8]}", a)
+    p.add(stage)
+    short = f"anchor-{a.size}-{a.sha256[:8]}"
+    shape = costs.latent_shape(tok)
+    down = _downstream(p, stage.id, short, costs.encoder_forward_flops(tok), costs.decoder_forward_flops(tok),
+                       shape, f"anchor {a.name}", ctx)
+    p.cells.append(Cell(
+        id=f"anchor-{a.name}", recipe="anchor", encoder=a.size, data_size=0, budget_kind="", budget=math.nan,
+        seed=0, steps=0, encoder_params=costs.encoder_params(tok), tokenizer_flops=a.tokenizer_flops or math.nan,
+        dit_flops=down.pop("dit_flops"), samples_seen=0, samples={}, anchor=a.name,
+        stages={"extractor": ctx["ext"].id, "refstats": ctx["ref"].id, "pretrain": stage.id, **down}))
 
 
 def _pinned(s: Study) -> Study:

@@ -19,6 +19,8 @@ A study file:
     tokenizer: {batch_size: 64, ...} # vtp_core.config.TokenizerConfig fields, fixed for the study
     data:      {dataset: fashion_mnist, image_size: 32}   # tokenizer pre-training data
     eval_data: {...}                 # DiT training set, probes, reference stats (default: data)
+    anchors:                         # released tokenizers beside the curves (pretrain skipped; docs/anchors.md)
+      - {name: vtp-l, checkpoint: /path/VTP-Large-f16d64/model.safetensors, sha256: <64 hex>, size: L}
     probe / extractor / refstats / latents / dit / sample / fid: their config fields
     estimate:  {device: h100, flops_per_s: {h100: 4.0e14}}   # what the dry-run's times assume
     resources: {default: {...}, pretrain: {...}}             # per-stage scheduler resources
@@ -37,10 +39,10 @@ import yaml
 from dit_eval.config import EXTRACTOR_DIMS, DiTSpec, ExtractorConfig, FIDConfig, LatentsConfig, RefStatsConfig, SampleConfig
 from sweeps.errors import SpecError
 from vtp_core.cfg import load, problems, spec
-from vtp_core.config import RECIPES, DataConfig, ProbeConfig, TokenizerConfig
+from vtp_core.config import RECIPES, AnchorConfig, DataConfig, ProbeConfig, TokenizerConfig
 
 BUDGET_KINDS = ("flops", "samples")
-STAGE_KINDS = ("extractor", "refstats", "pretrain", "probe", "latents", "dit", "sample", "fid")
+STAGE_KINDS = ("extractor", "refstats", "pretrain", "probe", "latents", "dit", "sample", "fid", "anchor")
 TRAINER_STAGES = ("pretrain", "dit")  # every task of a multi-GPU job trains; other stages run on rank 0
 SET_BY_GRID_OR_PLANNER = ("recipe", "encoder", "seed", "steps", "data")
 
@@ -175,6 +177,8 @@ class Study:
     dit: DiTSpec = spec(DiTSpec())
     sample: SampleConfig = spec(SampleConfig())
     fid: FIDConfig = spec(FIDConfig())
+    anchors: tuple[AnchorConfig, ...] = spec((), doc="released tokenizers run through the same downstream "
+                                                      "stages, plotted as labelled points (docs/anchors.md)")
     estimate: Estimate = spec(Estimate())
     resources: dict[str, Resources] = spec(default_factory=dict, choices=RESOURCE_KEYS)
     path: str = spec("", doc="the study file (set by load_study)")
@@ -206,7 +210,41 @@ class Study:
         if self.extractor.name == "fmnist_cnn" and self.eval_data.dataset != "fashion_mnist":
             yield "extractor.name", ("fmnist_cnn is trained on Fashion-MNIST; for other data use inception "
                                      "(or random_cnn in a rehearsal)")
+        yield from self._anchor_problems()
         yield from self._file_problems()
+
+    def _anchor_problems(self):
+        """Each anchor's own rules, unique names, the image size its patch needs, then its file: present, the
+        sha256 it is pinned to, and the released layout at its size (names and shapes read, not the weights)."""
+        names = [a.name for a in self.anchors]
+        for i, a in enumerate(self.anchors):
+            for name, msg in problems(a):
+                yield f"anchors[{i}].{name}", msg
+                return
+            if a.name in names[:i]:
+                yield f"anchors[{i}].name", f"{a.name!r} is already the name of anchors[{names.index(a.name)}]"
+                return
+        for i, a in enumerate(self.anchors):
+            at = f"anchors[{i}]"
+            p = Path(a.checkpoint)
+            if not p.is_file():
+                yield f"{at}.checkpoint", f"{a.checkpoint}: no such file"
+                return
+            if _sha256(str(p)) != a.sha256:
+                yield f"{at}.sha256", f"{a.checkpoint} has sha256 {_sha256(str(p))}, not {a.sha256!r}"
+                return
+            from vtp_core.released import check_layout, infer_shape
+            from vtp_core.runtime import StageError
+
+            try:
+                check_layout(p, a)
+                patch = infer_shape(p)[0]
+            except StageError as exc:
+                yield f"{at}.checkpoint", str(exc)
+                return
+            if self.eval_data.image_size % patch:
+                yield "eval_data.image_size", (f"{self.eval_data.image_size} is not a multiple of the patch {patch} "
+                                               f"of anchor {a.name}")
 
     def _file_problems(self):
         """Files a study names must exist and match their checksums (hashed once per process)."""

@@ -73,6 +73,9 @@ INERT: dict[str, tuple[str, str, str]] = {
                                 ("images within 1 level in <= 1 % of values, gFID within its W2 bound; "
                                  "bit-identical when the images are")),
     "RefStatsConfig.npz": ("test_refstats_npz", "the reference batch vs a byte-identical copy", EQUAL),
+    "AnchorConfig.name": ("test_anchor_field", "vtp-t vs another label", EQUAL),
+    "AnchorConfig.checkpoint": ("test_anchor_field", "the released file vs a byte-identical copy elsewhere", EQUAL),
+    "AnchorConfig.tokenizer_flops": ("test_anchor_field", "0 (unknown) vs 1e21 (a plot position only)", EQUAL),
     "ExtractorConfig.path": ("test_extractor_path", "bundled Inception ('') vs a copy given by path",
                              ("same recorded checksum (what identifies the network in every FID) and "
                               "bit-identical features")),
@@ -324,6 +327,11 @@ VARIANTS: dict[str, dict[str, typing.Callable]] = {
         "SampleConfig.batch_size": lambda w, c: dataclasses.replace(c, batch_size=3),
     },
     "test_refstats_npz": {"RefStatsConfig.npz": None},
+    "test_anchor_field": {
+        "AnchorConfig.name": lambda w, a: dataclasses.replace(a, name="other"),
+        "AnchorConfig.checkpoint": lambda w, a: dataclasses.replace(a, checkpoint=str(w.copy)),
+        "AnchorConfig.tokenizer_flops": lambda w, a: dataclasses.replace(a, tokenizer_flops=1e21),
+    },
     "test_extractor_path": {"ExtractorConfig.path": None},
 }
 
@@ -596,6 +604,31 @@ def test_extractor_path(w, tmp_path):
     assert rows[0][2] == rows[1][2] and len(rows[0][2]) == 40  # sha1 of the file
     assert_identical(rows[0], rows[1], "inception stage")
 
+
+
+@pytest.mark.parametrize("field", _fields_of("test_anchor_field"))
+def test_anchor_field(field, tmp_path):
+    """A released tokenizer's stage reads the file its sha256 names: the label, the path (a byte-identical copy
+    elsewhere) and the FLOPs attributed to it for plotting change nothing in tokenizer.pt or the metrics."""
+    import released_layout as rl
+
+    from vtp_core import registry
+    from vtp_core.config import AnchorConfig
+    from vtp_core.released import sha256_of
+
+    path = rl.save(rl.random_state_dict(registry.get("encoder", "tiny"), registry.get("text", "tiny"), patch=4,
+                                        channels=8), tmp_path / "vtp.pt")
+    copy = tmp_path / "elsewhere" / "vtp.pt"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    base = AnchorConfig(name="vtp-t", checkpoint=str(path), sha256=sha256_of(path), size="tiny", text="tiny")
+    flipped = VARIANTS["test_anchor_field"][field](SimpleNamespace(copy=copy), base)
+    assert flipped != base and versioned_dict(flipped) == versioned_dict(base)
+    outs = []
+    for cfg, name in ((base, "a"), (flipped, "b")):
+        m = run_stage("anchor", cfg, tmp_path / name)
+        outs.append((drop(m), tokenizer_blob(tmp_path / name)))
+    assert_identical(outs[0], outs[1], field)
 
 
 def test_tolerances_reject_real_changes():

@@ -252,6 +252,35 @@ class ProbeConfig:
                                  doc="zero-shot preprocessing")
 
 
+@dataclass(frozen=True)
+class AnchorConfig:
+    """A released VTP tokenizer (MiniMax-AI/VTP `VTPModel` weights) run through a study's downstream stages.
+
+    Its stage converts the released state dict into this project's `Tokenizer` (`vtp_core.released`); the
+    file is identified by its sha256, so the path and the label may change without changing a stage id.
+    """
+
+    name: str = unversioned("", source="yours", doc="label of the anchor in the runs table and the plots (e.g. vtp-l)")
+    checkpoint: str = unversioned("", source="yours", doc="path of the released weights (.safetensors or a torch "
+                                                            "state dict); identity: sha256")
+    sha256: str = spec("", source="yours", doc="sha256 of that file")
+    size: str = spec("L", choices=_sizes("encoder"), source="released code: VTP-S/B/L (symmetric decoder)",
+                     doc="encoder size; the released decoder has the same width, depth and heads")
+    text: str = spec("base", choices=_sizes("text"), source="released code: HF config (12 x 768 text tower)",
+                     doc="text tower size")
+    tokenizer_flops: float = unversioned(0.0, ge=0, source="yours (e.g. the release's paper)",
+                                         doc="pre-training FLOPs you attribute to the release, only to place its point "
+                                             "on compute axes; 0 = unknown (drawn as a labelled horizontal line)")
+
+    def problems(self):
+        if not self.name or not self.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            yield "name", f"{self.name!r}: give a label of letters, digits, '-', '_' or '.'"
+        if not self.checkpoint:
+            yield "checkpoint", "required: the path of the released weights"
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            yield "sha256", f"{self.sha256!r}: give the 64 lowercase hex digits of the file's sha256 (sha256sum prints it)"
+
+
 TAR_SHUFFLE_CHUNK = 256  # ~25 MB of consecutive DataComp-sized JPEGs per run; a 16k batch spans 64 runs
 
 

@@ -92,3 +92,39 @@ def test_tick_label_format():
         ["120", "175", "0.5", "0.001", "99999"]
     assert [plots.tick_label(v) for v in (1e19, 2e19, 2.5e19, 9.9996e19, 1e5, 5e-4)] == \
         ["1e19", "2e19", "2.5e19", "1e20", "1e5", "5e-4"]
+
+
+def _with_anchors(table):
+    """The fixture table plus two released tokenizers whose gFIDs would pull any law they entered: one with
+    attributed pre-training FLOPs (a point), one without (a line), and their rows' anchor names."""
+    import pandas as pd
+
+    base = table.iloc[0].to_dict()
+    rows = [dict(base, cell="anchor-vtp-l", recipe="anchor", anchor="vtp-l", tokenizer_flops=3.0e21, budget_flops=np.nan,
+                 gfid=2.5, status="done"),
+            dict(base, cell="anchor-vtp-b", recipe="anchor", anchor="vtp-b", tokenizer_flops=np.nan, budget_flops=np.nan,
+                 gfid=4.0, status="done")]
+    out = pd.concat([table.assign(anchor=""), pd.DataFrame(rows)], ignore_index=True)
+    return out, out[out.anchor != ""]
+
+
+def test_anchors_are_labelled_points_never_fitted(table, tmp_path):
+    """Fits with the anchor rows in the table (as their own recipe) equal the fits without them; the figure
+    labels both anchors, the one with FLOPs as a point, the other as a line."""
+    from analysis.table import split_anchors
+
+    full, anchors = _with_anchors(table)
+    trained, got = split_anchors(full)
+    assert list(got.cell) == ["anchor-vtp-l", "anchor-vtp-b"] and len(trained) == len(table)
+    ref = plots.plot_scaling(table, out_stem=tmp_path / "ref", n_boot=50)
+    fig = plots.plot_scaling(trained, out_stem=tmp_path / "with", n_boot=50, anchors=anchors)
+    mixed = plots.plot_scaling(full, out_stem=tmp_path / "mixed", n_boot=50)  # anchors left in the rows
+    for f in (fig, mixed):
+        for g in ("vtp", "ae"):
+            assert f.fits[g].params == ref.fits[g].params and f.fits[g].n_points == ref.fits[g].n_points
+    assert mixed.fits["anchor"].refused  # an anchor-only group has no fittable point
+    svg = fig.paths[1].read_text()
+    for label in ("vtp-l 2.5", "vtp-b 4 (released)", "released tokenizer, not fitted (2)"):
+        assert label in svg, label
+    params = plots.plot_vs(trained, "encoder_params", "gfid", out_stem=tmp_path / "params", n_boot=50, anchors=anchors)
+    assert "vtp-l 2.5" in params.paths[1].read_text()

@@ -127,3 +127,25 @@ def test_compare_refuses_to_read_a_law_far_outside_its_measured_range():
     near = compare_fits(a, b_near, target, x_a=1e13, a="ae", b="vtp")
     assert "less x (95% CI" in near.sentence() and "outside" not in near.sentence()
     assert 1 < near.multiplier < EXTRAPOLATE * 10
+
+
+def test_report_lists_anchors_outside_the_fits(table, tmp_path):
+    """Anchor rows get their own table and labelled points; the fitted laws and the summary are the trained
+    cells' alone."""
+    import datetime as dt
+
+    import numpy as np
+    import pandas as pd
+
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    done = table[(table.status == "done") & (table.gfid_protocol == "gfid0a1b2c")].assign(anchor="")
+    anchor = dict(done.iloc[0].to_dict(), cell="anchor-vtp-l", recipe="anchor", anchor="vtp-l", gfid=2.5,
+                  tokenizer_flops=np.nan, budget_flops=np.nan)
+    with_anchor = write_report(pd.concat([done, pd.DataFrame([anchor])], ignore_index=True), "fixture",
+                               tmp_path / "a", n_boot=50, commit="c", now=now)
+    alone = write_report(done, "fixture", tmp_path / "b", n_boot=50, commit="c", now=now)
+    text = with_anchor.read_text()
+    assert "Released tokenizers (anchors)" in text and "vtp-l" in text
+    assert (tmp_path / "a" / "summary.md").read_text() == (tmp_path / "b" / "summary.md").read_text()
+    assert "PROVISIONAL" not in text and "anchor" not in alone.read_text().split("<h2>Fitted laws</h2>")[1].split(
+        "<h2>")[0]

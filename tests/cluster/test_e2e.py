@@ -67,3 +67,35 @@ def test_micro_study_end_to_end(tmp_path, capsys, micro_study):
     # status from the files alone
     assert cli(["--results", str(results), "status", str(study)]) == 0
     assert "done" in capsys.readouterr().out
+
+
+def test_anchor_cell_end_to_end(tmp_path, capsys, micro_study):
+    """A released tokenizer (a random file in the released layout at the micro study's tiny geometry) runs
+    through the local executor beside one trained cell: converted once, then latents, DiT, samples and gFID;
+    its row is marked with its name and the report draws it without fitting it."""
+    import released_layout as rl
+
+    from vtp_core import registry
+    from vtp_core.released import sha256_of
+
+    ckpt = rl.save(rl.random_state_dict(registry.get("encoder", "tiny"), registry.get("text", "tiny"), patch=4,
+                                        channels=8), tmp_path / "vtp-tiny.pt")
+    text = micro_study.replace("recipe: [ae, clip_ssl_ae]", "recipe: [ae]") + (
+        f"anchors:\n  - {{{{name: vtp-t, checkpoint: {ckpt}, sha256: {sha256_of(ckpt)}, size: tiny, text: tiny}}}}\n")
+    study = tmp_path / "micro.yaml"
+    study.write_text(text.format(budget=f"{_budget(tmp_path, text):.6e}"))
+    results = tmp_path / "results"
+    assert cli(["--results", str(results), "sweep", str(study), "--no-progress"]) == 0  # MLflow logs it too
+    df = pd.read_parquet(results / "micro" / "runs.parquet")
+    assert (df.status == "done").all(), df[["cell", "status", "reason"]]
+    a = df.set_index("cell").loc["anchor-vtp-t"]
+    assert a.anchor == "vtp-t" and a.recipe == "anchor" and pd.isna(a.tokenizer_flops)
+    assert a.gfid > 0 and a.gfid_protocol == df.set_index("recipe").loc["ae"].gfid_protocol
+    assert a.pretrain_id.startswith("anchor-tiny-") and (results / "stages" / a.pretrain_id / "tokenizer.pt").exists()
+    assert a.rfid > 0 and a.zero_shot >= 0  # the probe runs on it too (the released text tower included)
+    from analysis.report import write_report
+
+    report = write_report(df, "micro", tmp_path / "report", n_boot=20, commit="c").read_text()
+    assert "Released tokenizers (anchors)" in report and "vtp-t" in report
+    assert "vtp-t" in (tmp_path / "report" / "gfid_vs_tokenizer_flops.svg").read_text()
+    capsys.readouterr()

@@ -307,3 +307,80 @@ def test_memory_plan_reaches_the_trainer(write_study, fixed_costs):
     own = text.replace("tokenizer: {", "tokenizer: {micro_batches: 2, ")
     mine = plan_mod.plan(load_study(write_study(own + MEM.format(gb=80))))
     assert mine.stages[mine.cells[-1].stages["pretrain"]].strategy == "microbatch:2"
+
+
+# ------------------------------------------------------------------------------- anchors (released tokenizers)
+def _released_file(tmp_path):
+    """A random file in the released VTP layout at the tiny size, patch 4 and 8 channels (the micro studies'
+    tokenizer geometry), and its sha256."""
+    import released_layout as rl
+
+    from vtp_core import registry
+    from vtp_core.released import sha256_of
+
+    path = rl.save(rl.random_state_dict(registry.get("encoder", "tiny"), registry.get("text", "tiny"), patch=4,
+                                        channels=8), tmp_path / "vtp-tiny.pt")
+    return path, sha256_of(path)
+
+
+def _anchor_yaml(path, sha, name="vtp-t"):
+    return f"anchors:\n  - {{name: {name}, checkpoint: {path}, sha256: {sha}, size: tiny, text: tiny}}\n"
+
+
+def test_anchor_is_a_cell_that_skips_pretrain(write_study, fixed_costs, tmp_path):
+    """One anchor adds one cell: an `anchor` stage (the conversion) in the tokenizer slot, then the same probe,
+    latents, dit, sample and fid stages as a trained cell, with the same shared extractor and refstats. Its
+    stage ids do not depend on the label or the path (the file is identified by its sha256), and the dry run
+    lists it."""
+    import io
+
+    from cluster.cli import print_dry_run
+    from cluster.store import Store
+
+    path, sha = _released_file(tmp_path)
+    p = plan_mod.plan(load_study(write_study(_anchor_yaml(path, sha))))
+    anchors = [c for c in p.cells if c.anchor]
+    assert len(p.cells) == 3 and len(anchors) == 1
+    a = anchors[0]
+    assert a.id == "anchor-vtp-t" and a.anchor == "vtp-t" and a.encoder == "tiny"
+    assert p.stages[a.stages["pretrain"]].kind == "anchor"
+    assert [p.stages[a.stages[k]].kind for k in ("probe", "latents", "dit", "sample", "fid")] == \
+        ["probe", "latents", "dit", "sample", "fid"]
+    assert dict(p.stages[a.stages["latents"]].upstream)["pretrain"] == a.stages["pretrain"]
+    trained = next(c for c in p.cells if not c.anchor)
+    assert a.stages["extractor"] == trained.stages["extractor"] and a.stages["refstats"] == trained.stages["refstats"]
+    assert a.dit_flops == trained.dit_flops and a.tokenizer_flops != a.tokenizer_flops  # NaN: not counted
+    ids = list(p.stages)
+    assert ids.index(a.stages["pretrain"]) < ids.index(a.stages["latents"])  # topological
+    copy = tmp_path / "elsewhere.pt"
+    copy.write_bytes(path.read_bytes())
+    p2 = plan_mod.plan(load_study(write_study(_anchor_yaml(copy, sha, name="other"))))
+    assert next(c for c in p2.cells if c.anchor).stages == a.stages
+    buf = io.StringIO()
+    print_dry_run(p, Store(tmp_path / "results"), out=buf)
+    out = buf.getvalue()
+    rows = [[c.strip() for c in line.split("│")] for line in out.splitlines() if "│" in line]
+    rows = [r for r in rows if "anchor" in r]  # the recipe column
+    assert len(rows) == 1 and "1e10" in rows[0]  # no budget or tokenizer FLOPs; the DiT's FLOPs as any cell
+    assert f"anchor-vtp-t: {a.stages['pretrain']} " in out
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda path, sha: (path.parent / "nope.pt", sha), r"anchors\[0\].checkpoint: .*nope.pt: no such file"),
+    (lambda path, sha: (path, "a" * 64), r"anchors\[0\].sha256: .* has sha256 [0-9a-f]{64}, not 'a{64}'"),
+    (lambda path, sha: (path, "abc"), r"anchors\[0\].sha256: 'abc': give the 64 lowercase hex digits"),
+])
+def test_anchor_file_problems_are_one_line(write_study, tmp_path, edit, named):
+    path, sha = _released_file(tmp_path)
+    with pytest.raises(SpecError, match=named) as err:
+        load_study(write_study(_anchor_yaml(*edit(path, sha))))
+    assert "\n" not in str(err.value)
+
+
+def test_anchor_of_another_size_is_refused_by_tensor(write_study, tmp_path):
+    """A file whose layout is not the declared size's: the study names the anchor and the first tensor."""
+    path, sha = _released_file(tmp_path)
+    text = _anchor_yaml(path, sha).replace("size: tiny", "size: S")
+    with pytest.raises(SpecError, match=r"anchors\[0\].checkpoint: .*vtp-tiny.pt: trunk.cls_token has shape "
+                                        r"\[1, 1, 64\], expected \[1, 1, 384\]"):
+        load_study(write_study(text))
