@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 
+from dit_eval.config import SampleConfig
 from sweeps import costs, plan as plan_mod
 from sweeps.ids import fmt_num, stage_id
 from sweeps.errors import SpecError
@@ -124,6 +125,10 @@ def test_pinned_ids_of_default_configs():
     # from probe-t-b72cc7526c at CODE_VERSION 2, then from probe-t-feec468718 with DataConfig.shuffle_chunk, then
     # from probe-t-d7750598f5 with DataConfig.jpeg_decode
     assert stage_id("probe", "t", small.probe()) == "probe-t-bf6ee716d7"
+    # sample: changed from sample-t-0540176a4e (defaults) when the label policy and the dopri5 fields (rtol, atol,
+    # ode_batch) were added
+    assert stage_id("sample", "t", SampleConfig(), ["dit-x"]) == "sample-t-85bba8729f"  # the method's defaults
+    assert stage_id("sample", "t", small.sample(), ["dit-x"]) == "sample-t-3b657e3f7a"
 
 
 def test_fmt_num():
