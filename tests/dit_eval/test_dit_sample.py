@@ -233,3 +233,4 @@ def test_dopri5_shards_hold_whole_runs():
     with pytest.raises(ConfigError, match="shard_size: 1000 is not a multiple of ode_batch=300"):
         load(type(CFG), {"sampler": "dopri5", "ode_batch": 300})
     load(type(CFG), {"sampler": "euler", "ode_batch": 300})  # euler does not read ode_batch
+

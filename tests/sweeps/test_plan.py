@@ -311,3 +311,26 @@ def test_memory_plan_reaches_the_trainer(write_study, fixed_costs):
     own = text.replace("tokenizer: {", "tokenizer: {micro_batches: 2, ")
     mine = plan_mod.plan(load_study(write_study(own + MEM.format(gb=80))))
     assert mine.stages[mine.cells[-1].stages["pretrain"]].strategy == "microbatch:2"
+
+
+def test_the_dry_run_counts_the_passes_the_sampler_makes():
+    """sweeps.costs.sample_model_passes (torch-free, for the dry run) against the passes actually made."""
+    import torch
+
+    from dit_eval.sample import euler_sample, time_grid
+    from sweeps.costs import DOPRI5_NFE_PLAN, sample_model_passes
+
+    calls = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x, t, y):
+            calls.append(len(x))
+            return torch.zeros_like(x)
+
+    for kw in ({}, {"cfg_scale": 3.0}, {"cfg_scale": 3.0, "cfg_interval_start": 0.4}, {"shift": 1.0, "steps": 7}):
+        cfg = dataclasses.replace(small.sample(), **{"steps": 11, **kw})
+        calls.clear()
+        euler_sample(Count(), torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), time_grid(cfg.steps, cfg.shift),
+                     cfg.cfg_scale, cfg.cfg_interval_start, 10)
+        assert sample_model_passes(cfg) == sum(calls)
+    assert sample_model_passes(dataclasses.replace(small.sample(), sampler="dopri5", cfg_scale=1.0)) == DOPRI5_NFE_PLAN
