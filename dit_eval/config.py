@@ -109,7 +109,8 @@ class SampleConfig:
     n_samples: int = spec(10000, gt=0, source="paper §4.1 (FID-10K in the scaling plots)", doc="samples")
     sampler: str = spec("euler", choices=SAMPLERS, source="released code: VTP sampling config (Euler ODE)",
                         doc="ODE solver: euler (fixed grid) or dopri5 (adaptive, torchdiffeq)")
-    steps: int = spec(250, gt=1, source="released code: VTP sampling config (250 grid points)", doc="euler: grid points (steps-1 updates)")
+    steps: int = spec(250, gt=1, source="released code: VTP sampling config (250 grid points)",
+                      doc="euler: grid points (steps-1 updates)")
     shift: float = spec(0.075, ge=0, source="released code: VTP sampling config",
                         doc="euler: timestep shift t' = s t / (1 + (s-1) t); 0 = off")
     rtol: float = spec(1e-3, gt=0, source="released code: VTP DiT-B demo config (dopri5)", doc="dopri5: relative tolerance")

@@ -92,7 +92,8 @@ def noise_and_labels(seed: int, start: int, n: int, latent_shape, num_classes: i
 
 def velocity(model, x: torch.Tensor, t: float, y: torch.Tensor, cfg_scale: float = 1.0,
              cfg_interval_start: float = 0.0, null_label: int | None = None) -> torch.Tensor:
-    """The drift at time t in x's dtype: the model output, guided as v_u + s·(v_c − v_u) when s ≠ 1 and t ≥ start."""
+    """The drift at time t in x's dtype: the model output, guided as v_u + s·(v_c − v_u) when s ≠ 1 and
+    t ≥ cfg_interval_start."""
     tt = torch.full((len(x),), t, device=x.device, dtype=torch.float32)
     if cfg_scale != 1.0 and t >= cfg_interval_start:
         if null_label is None:
@@ -134,8 +135,9 @@ def dopri5_sample(model, x: torch.Tensor, y: torch.Tensor, rtol: float, atol: fl
     options = {"step_t": span[1:], "max_num_steps": DOPRI5_MAX_STEPS}
     if cfg_scale != 1.0 and 0.0 < cfg_interval_start < 1.0:
         options["jump_t"] = torch.tensor([cfg_interval_start], dtype=torch.float64)
+    state = x.to(torch.promote_types(x.dtype, torch.float32))
     try:
-        out = odeint(drift, x.to(torch.promote_types(x.dtype, torch.float32)), span.to(x.device), method="dopri5", rtol=rtol, atol=atol, options=options)
+        out = odeint(drift, state, span.to(x.device), method="dopri5", rtol=rtol, atol=atol, options=options)
     except AssertionError as e:  # torchdiffeq reports a step-count overflow or dt underflow by assert
         raise StageError(f"sample: dopri5 failed ({e}); loosen rtol/atol or sample in higher precision") from None
     return out[-1], nfe
