@@ -225,7 +225,8 @@ def shrunk_sections(study, names: dict, data: dict, lpips: tuple[str, str], fact
                   "ckpt_every": 10, "log_every": 5}
     sm = study.sample
     out["sample"] = {**to_dict(sm), "n_samples": min(sm.n_samples, shrink.samples),
-                     "steps": min(sm.steps, shrink.sample_steps), "shard_size": 16, "batch_size": 16}
+                     "steps": min(sm.steps, shrink.sample_steps), "shard_size": 16, "batch_size": 16,
+                     "ode_batch": 16}  # dopri5 runs: whole runs per shard
     out["fid"] = {**to_dict(study.fid), "allow_low_n": True}
     out["estimate"] = {"device": "cpu", "flops_per_s": {"cpu": 3.0e10}}
     return out

@@ -14,7 +14,8 @@ from vtp_core.config import DataConfig
 
 EXTRACTORS = ("fmnist_cnn", "inception", "random_cnn")
 EXTRACTOR_DIMS = {"fmnist_cnn": 128, "inception": 2048, "random_cnn": 128}  # feature dims (FID covariance size)
-SAMPLERS = ("euler",)
+SAMPLERS = ("euler", "dopri5")
+LABEL_POLICIES = ("uniform", "balanced")
 REFSTATS_SPLITS = ("train", "test")
 
 
@@ -99,18 +100,37 @@ class DiTSpec:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Sampler protocol (part of the gFID protocol hash)."""
+    """Sampler protocol (part of the gFID protocol hash; dit_eval/sample.py says what each option does).
+
+    `steps` and `shift` shape the Euler grid only; `rtol`, `atol` and `ode_batch` steer dopri5 only. Every
+    field is versioned (a stage id hashes them all); the protocol a gFID carries names only the fields the
+    chosen sampler reads (`dit_eval.sample.protocol`), so numbers made the same way share a curve."""
 
     n_samples: int = spec(10000, gt=0, source="paper §4.1 (FID-10K in the scaling plots)", doc="samples")
-    sampler: str = spec("euler", choices=SAMPLERS, source="released code: VTP sampling config (Euler ODE)", doc="ODE solver")
-    steps: int = spec(250, gt=1, source="released code: VTP sampling config (250 grid points)", doc="grid points (steps-1 updates)")
-    shift: float = spec(0.075, ge=0, source="released code: VTP sampling config", doc="timestep shift t' = s t / (1 + (s-1) t); 0 = off")
+    sampler: str = spec("euler", choices=SAMPLERS, source="released code: VTP sampling config (Euler ODE)",
+                        doc="ODE solver: euler (fixed grid) or dopri5 (adaptive, torchdiffeq)")
+    steps: int = spec(250, gt=1, source="released code: VTP sampling config (250 grid points)",
+                      doc="euler: grid points (steps-1 updates)")
+    shift: float = spec(0.075, ge=0, source="released code: VTP sampling config",
+                        doc="euler: timestep shift t' = s t / (1 + (s-1) t); 0 = off")
+    rtol: float = spec(1e-3, gt=0, source="released code: VTP DiT-B demo config (dopri5)", doc="dopri5: relative tolerance")
+    atol: float = spec(1e-6, gt=0, source="released code: VTP DiT-B demo config (dopri5)", doc="dopri5: absolute tolerance")
+    ode_batch: int = spec(250, gt=0, source="ours",
+                          doc="dopri5: samples under one step-size control (aligned runs of sample indices)")
+    labels: str = spec("uniform", choices=LABEL_POLICIES,
+                       source="released code: LightningDiT inference (torch.randint labels, not class-balanced)",
+                       doc="class labels: uniform (random per sample) or balanced (equal count per class, +-1)")
     cfg_scale: float = spec(1.0, ge=1, source="released code: VTP sampling config (no CFG)", doc="classifier-free guidance scale")
     cfg_interval_start: float = spec(0.0, ge=0, le=1, source="released code: VTP sampling config", doc="no guidance while t < this")
     ema: bool = spec(True, source="released code: LightningDiT config", doc="sample with the EMA weights")
     seed: int = spec(0, source="ours", doc="seed of noise and labels (per sample index)")
     shard_size: int = unversioned(1000, gt=0, source="ours", doc="samples per shard file")
-    batch_size: int = unversioned(250, gt=0, source="ours", doc="sampling batch")
+    batch_size: int = unversioned(250, gt=0, source="ours", doc="euler: sampling batch")
+
+    def problems(self):
+        if self.sampler == "dopri5" and self.shard_size % self.ode_batch:
+            yield "shard_size", (f"{self.shard_size} is not a multiple of ode_batch={self.ode_batch}: with sampler "
+                                 f"dopri5 a shard holds whole ode_batch runs of samples")
 
 
 @dataclass(frozen=True)

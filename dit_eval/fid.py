@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dit_eval.frechet import FrechetError, check_n, feature_stats, frechet_distance
 from dit_eval.refstats import load_stats_npz
-from dit_eval.sample import load_samples
+from dit_eval.sample import load_samples, read_protocol
 from vtp_core.runtime import StageError
 
 
@@ -26,22 +26,8 @@ def protocol_hash(d: dict) -> str:
 
 
 def sample_settings(sample_dir: Path) -> dict:
-    """Sampler settings as the sample stage recorded them (metrics.json, else config.yaml)."""
-    sample_dir = Path(sample_dir)
-    m = sample_dir / "metrics.json"
-    if m.is_file():
-        d = json.loads(m.read_text())
-    else:
-        c = sample_dir / "config.yaml"
-        if not c.is_file():
-            raise StageError(f"fid: {sample_dir} has neither metrics.json nor config.yaml")
-        import yaml
-
-        d = yaml.safe_load(c.read_text())
-        d = {**d, "cfg": d.get("cfg_scale")}
-    out = {k: d[k] for k in ("sampler", "steps", "shift", "cfg", "ema")}
-    out["cfg_interval_start"] = d.get("cfg_interval_start", 0.0)  # changes a guided FID, so it is protocol
-    return out
+    """Sampler protocol as the sample stage recorded it (`dit_eval.sample.protocol`)."""
+    return read_protocol(sample_dir)
 
 
 def compute_gfid(cfg, sample_dir: Path, extractor, ref: dict, reference: str, settings: dict) -> dict:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from dit_eval.config import DiTSpec
+from dit_eval.config import DiTSpec, SampleConfig
 from vtp_core.cfg import versioned_dict
 from vtp_core.config import TokenizerConfig
 
@@ -165,6 +165,23 @@ def dit_forward_flops(spec: DiTSpec, latent_shape: tuple[int, int, int]) -> floa
             return _count(lambda: model(x, t, y))
 
     return _cached("dit-fwd", [spec.size, spec.num_classes, list(latent_shape)], measure)
+
+
+# the dry run's assumption for dopri5's drift evaluations per sample (the sample stage records the real count):
+# adaptive solvers at rtol 1e-3 on ImageNet-scale flows take on the order of a hundred
+DOPRI5_NFE_PLAN = 100
+
+
+def sample_model_passes(cfg: SampleConfig) -> float:
+    """DiT forward passes per sample the sampler is expected to make: Euler's steps − 1, dopri5's planned NFE;
+    a guided evaluation (t ≥ cfg_interval_start) is two passes (dit_eval/sample.py)."""
+    guided = cfg.cfg_scale != 1.0
+    if cfg.sampler == "euler":
+        s = cfg.shift
+        grid = [i / (cfg.steps - 1) for i in range(cfg.steps - 1)]  # the grid points an update starts from
+        grid = [s * t / (1 + (s - 1) * t) for t in grid] if s not in (0, 1) else grid
+        return float(len(grid) + (sum(t >= cfg.cfg_interval_start for t in grid) if guided else 0))
+    return DOPRI5_NFE_PLAN * ((2 - cfg.cfg_interval_start) if guided else 1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -325,10 +325,10 @@ def _downstream(p: Plan, pre_id: str, short: str, enc_flops: float, dec_flops: f
     dit = dataclasses.replace(_stage(s, "dit", f"{s.dit.size}-n{s.dit.steps}", s.dit, (("latents", lat.id),),
                                      flops=dit_flops), **per_arch["dit-memory", shape])
     p.add(dit)
-    guided = 2 if s.sample.cfg_scale != 1 else 1
     n = s.sample.n_samples
-    samp_flops = n * ((s.sample.steps - 1) * guided * costs.dit_forward_flops(s.dit, shape) + dec_flops)
-    samp = _stage(s, "sample", f"n{n}-{s.sample.sampler}{s.sample.steps}", s.sample,
+    samp_flops = n * (costs.sample_model_passes(s.sample) * costs.dit_forward_flops(s.dit, shape) + dec_flops)
+    solver = f"euler{s.sample.steps}" if s.sample.sampler == "euler" else s.sample.sampler
+    samp = _stage(s, "sample", f"n{n}-{solver}", s.sample,
                   (("dit", dit.id), ("latents", lat.id), ("pretrain", pre_id)), flops=samp_flops)
     p.add(samp)
     fid = _stage(s, "fid", f"n{n}-{s.extractor.name}", s.fid, (("sample", samp.id), ("extractor", ext.id),

@@ -204,6 +204,10 @@ class Study:
             yield "sample.n_samples", (f"{n} samples are fewer than the {dim} features of extractor "
                                        f"{self.extractor.name}: the FID covariance is rank-deficient; sample more "
                                        f"or set fid.allow_low_n: true (the FID is then labelled low-N)")
+        if self.sample.cfg_scale != 1.0 and not self.dit.class_dropout > 0:
+            yield "sample.cfg_scale", (f"{self.sample.cfg_scale} needs the null label, which a DiT learns only with "
+                                       f"class dropout; dit.class_dropout is {self.dit.class_dropout} (use cfg_scale 1 "
+                                       f"or class_dropout > 0)")
         if self.refstats.npz and self.extractor.name != "inception":
             yield "refstats.npz", (f"an ADM reference batch holds Inception pool3 statistics; extractor.name is "
                                    f"{self.extractor.name!r} (allowed with npz: inception)")

@@ -53,6 +53,9 @@ def test_shrink_keeps_token_grids_recipes_and_the_method(name, tmp_path):
         assert t[field] == getattr(tr, field), field  # the method's values, unshrunk
     assert t["warmup_steps"] == round(tr.warmup_steps * 0.01)
     assert sec["extractor"]["name"] == "random_cnn" and t["lpips_sha256"] == "0" * 64
+    sm, smr = sec["sample"], real.sample
+    assert all(sm[f] == getattr(smr, f) for f in ("sampler", "labels", "rtol", "atol", "cfg_scale", "cfg_interval_start"))
+    assert sm["shard_size"] % sm["ode_batch"] == 0  # a dopri5 study's shards hold whole runs in its rehearsal too
 
 
 def _fake_cell(tmp_path, losses: dict, lr_peak: float, per_class: tuple[int, int], recipe: str = "clip_ssl_ae"):

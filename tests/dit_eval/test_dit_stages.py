@@ -54,6 +54,14 @@ def test_pipeline_end_to_end(fake_vtp, make_ctx, tmp_path):
     assert g["extractor_sha"] == m["sha"] and (g["sampler"], g["steps"], g["shift"]) == ("euler", 5, 0.3)
     assert g["protocol_hash"] == protocol_hash({**g, "value": 1.0})
     assert protocol_hash({**g, "steps": 6}) != g["protocol_hash"]
+    ode = make_ctx("sample_dopri5", dit=dit.out, latents=lat.out, pretrain=tmp_path / "pretrain")
+    om = sample.run(small.sample(n_samples=150, sampler="dopri5", shift=0.0, labels="balanced", shard_size=50,
+                                 ode_batch=50), ode)
+    atomic_write_json(ode.out / "metrics.json", om)
+    assert np.bincount(sample.load_samples(ode.out)[1], minlength=10).tolist() == [15] * 10 and om["nfe_min"] > 6
+    go = fid.run(FIDConfig(), make_ctx("fid_dopri5", sample=ode.out, extractor=ext.out, refstats=ref.out))["gfid"]
+    assert (go["sampler"], go["labels"], go["rtol"]) == ("dopri5", "balanced", 1e-3) and "steps" not in go
+    assert go["protocol_hash"] != g["protocol_hash"] and g["labels"] == "uniform"
     json.dumps(out)
     json.dumps(dm)
     few = make_ctx("sample_few", dit=dit.out, latents=lat.out, pretrain=tmp_path / "pretrain")

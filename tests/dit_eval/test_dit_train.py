@@ -93,3 +93,21 @@ def test_latents_stage_and_tampered_stats_refused(tmp_path, fake_tokenizer):
     torch.save(st, tmp_path / "stats.pt")
     with pytest.raises(StageError, match="corrupt"):
         load_stats(tmp_path)
+
+
+@pytest.mark.parametrize("class_dropout", [0.0, 0.5])
+def test_the_null_label_is_trained_only_with_class_dropout(tmp_path, class_dropout):
+    """Guidance reads the null label's embedding row (index num_classes). It receives gradient only through
+    class dropout: Adam's first moment of that row is non-zero after a few steps with dropout 0.5 (16 labels
+    per step, P(no label dropped in 4 steps) = 0.5^64) and exactly zero without dropout, where the row
+    keeps its random init (which is why the sample stage and the study refuse CFG without class dropout)."""
+    data = _latents(16)
+    spec = small.dit(steps=4, batch_size=16, class_dropout=class_dropout, ckpt_every=2)
+    train_dit(spec, tmp_path, data, _stats(data["latents"]))
+    ck = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)
+    from dit_eval.models import create_dit
+
+    names = [n for n, _ in create_dit(spec.size, 8, 8, spec.num_classes).named_parameters()]
+    idx = names.index("y_embedder.weight")  # optimizer state is keyed by parameter order
+    null_row_moment = ck["optimizer"]["state"][idx]["exp_avg"][spec.num_classes]
+    assert (null_row_moment.abs().sum() > 0) == (class_dropout > 0)

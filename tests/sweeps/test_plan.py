@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 
+from dit_eval.config import SampleConfig
 from sweeps import costs, plan as plan_mod
 from sweeps.ids import fmt_num, stage_id
 from sweeps.errors import SpecError
@@ -125,6 +126,10 @@ def test_pinned_ids_of_default_configs():
     # from probe-t-b72cc7526c at CODE_VERSION 2, then from probe-t-feec468718 with DataConfig.shuffle_chunk, then
     # from probe-t-d7750598f5 with DataConfig.jpeg_decode, then from probe-t-bf6ee716d7 with DataConfig.resample
     assert stage_id("probe", "t", small.probe()) == "probe-t-85cdb5c015"
+    # sample: changed from sample-t-0540176a4e (defaults) when the label policy and the dopri5 fields (rtol, atol,
+    # ode_batch) were added
+    assert stage_id("sample", "t", SampleConfig(), ["dit-x"]) == "sample-t-85bba8729f"  # the method's defaults
+    assert stage_id("sample", "t", small.sample(), ["dit-x"]) == "sample-t-3b657e3f7a"
 
 
 def test_fmt_num():
@@ -384,3 +389,26 @@ def test_anchor_of_another_size_is_refused_by_tensor(write_study, tmp_path):
     with pytest.raises(SpecError, match=r"anchors\[0\].checkpoint: .*vtp-tiny.pt: trunk.cls_token has shape "
                                         r"\[1, 1, 64\], expected \[1, 1, 384\]"):
         load_study(write_study(text))
+
+
+def test_the_dry_run_counts_the_passes_the_sampler_makes():
+    """sweeps.costs.sample_model_passes (torch-free, for the dry run) against the passes actually made."""
+    import torch
+
+    from dit_eval.sample import euler_sample, time_grid
+    from sweeps.costs import DOPRI5_NFE_PLAN, sample_model_passes
+
+    calls = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x, t, y):
+            calls.append(len(x))
+            return torch.zeros_like(x)
+
+    for kw in ({}, {"cfg_scale": 3.0}, {"cfg_scale": 3.0, "cfg_interval_start": 0.4}, {"shift": 1.0, "steps": 7}):
+        cfg = dataclasses.replace(small.sample(), **{"steps": 11, **kw})
+        calls.clear()
+        euler_sample(Count(), torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), time_grid(cfg.steps, cfg.shift),
+                     cfg.cfg_scale, cfg.cfg_interval_start, 10)
+        assert sample_model_passes(cfg) == sum(calls)
+    assert sample_model_passes(dataclasses.replace(small.sample(), sampler="dopri5", cfg_scale=1.0)) == DOPRI5_NFE_PLAN

@@ -37,7 +37,7 @@ BAD = [  # (yaml, substrings the one-line error must contain)
     ("data: {dataset: imagefolder}\n", ["data.path", "required"]),
     ("data: {storage: disk}\n", ["data.storage", "'disk'", "lazy"]),
     ("eval_data: {dataset: tar, path: '/d/{0..9}.tar'}\n", ["eval_data.path", "shard pattern", "no test split"]),
-    ("sample: {sampler: dopri5}\n", ["sample.sampler", "'dopri5'", "euler"]),
+    ("sample: {sampler: heun}\n", ["sample.sampler", "'heun'", "euler, dopri5"]),
     ("probe: {zero_shot_resize: stretch}\n", ["probe.zero_shot_resize", "'stretch'", "allowed: squash, center_crop"]),
     ("grid: [1, 2]\n", ["grid", "expected a mapping"]),
     ("- just\n- a list\n", ["expected a mapping"]),
