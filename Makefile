@@ -64,11 +64,11 @@ collect: install ## build results/<study>/runs.parquet (+ MLflow index): SCALE=<
 
 report: install ## plots + results/<study>/report.html: SCALE=<study>
 	$(CLI) collect $(SCALE) --no-mlflow
-	$(PY) -m analysis report --table $(RESULTS)/$(SCALE)/runs.parquet --out $(RESULTS)/$(SCALE)
+	@t=$$($(CLI) table $(SCALE)) && set -x && $(PY) -m analysis report --table $$t --out $$(dirname $$t)
 
 compare: install ## compute multiplier between two recipes' fitted laws: SCALE=<study> A=ae B=clip_ssl_ae
 	$(CLI) collect $(SCALE) --no-mlflow
-	$(PY) -m analysis compare --table $(RESULTS)/$(SCALE)/runs.parquet $(A) $(B)
+	@t=$$($(CLI) table $(SCALE)) && set -x && $(PY) -m analysis compare --table $$t $(A) $(B)
 
 tune: install ## Ray Tune ASHA learning-rate search for the tokenizer: SIZE=<encoder size> [RECIPE=clip_ssl_ae] [SCALE=<study>]
 	@$(call study_data,$(SCALE))

@@ -399,7 +399,7 @@ def plot_recipes_at_equal_flops(df: pd.DataFrame, budget: float | None = None, y
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_ylabel(LABELS.get(y, y))
-    if y in LOG_METRICS:
+    if y in LOG_METRICS and 0 < ax.dataLim.ymin < np.inf:  # nothing drawn yet (no cell done): a linear empty axis
         ax.set_yscale("log")
     ax.grid(True, axis="y", which="both", alpha=0.25)
     caption = _caption(protos, n_excl)

@@ -205,6 +205,14 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def cmd_table(args) -> int:
+    """Print where `collect` writes the study's runs table (the study's `name:`, which a YAML path may not show)."""
+    from cluster import collect
+
+    print(collect.table_path(_load(args.scale), _store(args)))
+    return 0
+
+
 def cmd_tune(args) -> int:
     from cluster.ray_exec import tune_lr
     from vtp_core import registry
@@ -222,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cluster", description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=os.environ.get("VTP_RESULTS", "results"), help="results folder")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, fn in (("sweep", cmd_sweep), ("plan", cmd_plan), ("status", cmd_status), ("collect", cmd_collect)):
+    for name, fn in (("sweep", cmd_sweep), ("plan", cmd_plan), ("status", cmd_status), ("collect", cmd_collect),
+                     ("table", cmd_table)):
         sp = sub.add_parser(name)
         sp.add_argument("scale", help="study name under sweeps/ (e.g. demo, params) or a YAML path")
         sp.set_defaults(fn=fn)

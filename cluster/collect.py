@@ -72,9 +72,14 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
     return df
 
 
+def table_path(plan: Plan, store: Store) -> Path:
+    """Where `write` puts the study's runs table: `<results>/<study name>/runs.parquet`."""
+    return store.study_dir(plan.study.name) / "runs.parquet"
+
+
 def write(plan: Plan, store: Store) -> Path:
     df = table(plan, store)
-    out = store.study_dir(plan.study.name)
+    out = table_path(plan, store).parent
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)

@@ -149,3 +149,10 @@ def test_report_lists_anchors_outside_the_fits(table, tmp_path):
     assert (tmp_path / "a" / "summary.md").read_text() == (tmp_path / "b" / "summary.md").read_text()
     assert "PROVISIONAL" not in text and "anchor" not in alone.read_text().split("<h2>Fitted laws</h2>")[1].split(
         "<h2>")[0]
+
+
+def test_report_of_a_study_with_no_cell_done_yet(table, tmp_path):
+    """`make report` right after submitting (every cell pending) writes a report, not a matplotlib traceback."""
+    pending = table.assign(status="pending", gfid=np.nan)
+    path = write_report(pending, "fixture", tmp_path, n_boot=20)
+    assert path.exists() and "not done" in path.read_text().lower() or "pending" in path.read_text()
