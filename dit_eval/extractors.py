@@ -90,21 +90,37 @@ def inception_input(images: np.ndarray, device: str) -> torch.Tensor:
 
 
 class Extractor:
-    """name/sha/dim + __call__(uint8 NHWC) -> float64 (N, dim), batching internally."""
+    """name/sha/dim + __call__(uint8 NHWC) -> float64 (N, dim), batching internally.
 
-    def __init__(self, name: str, sha: str, dim: int, net, prep, device: str, batch_size: int = 256):
-        self.name, self.sha, self.dim = name, sha, dim
+    `net(x)` returns the FD features; an extractor with more `outputs` than `features` (the Inception:
+    `features`, `spatial`, `logits`, see dit_eval.inception) has `net(x, keys)` return a dict of them.
+    `features(images, keys)` returns the asked ones from one pass over the images."""
+
+    def __init__(self, name: str, sha: str, dim: int, net, prep, device: str, batch_size: int = 256,
+                 outputs: tuple[str, ...] = ("features",)):
+        self.name, self.sha, self.dim, self.outputs = name, sha, dim, tuple(outputs)
         self._net, self._prep, self._device, self._bs = net, prep, device, batch_size
 
-    @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.features(images)["features"]
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, keys: tuple[str, ...] = ("features",)) -> dict[str, np.ndarray]:
+        missing = [k for k in keys if k not in self.outputs]
+        if missing:
+            raise StageError(f"extractor {self.name}: has no output {', '.join(missing)} (it has {', '.join(self.outputs)})")
         if not (hasattr(images, "dtype") and hasattr(images, "ndim")):  # arrays and lazy images pass as they are
             images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
             raise StageError(f"extractor {self.name}: expects uint8 NHWC, got {images.dtype} {images.shape}")
-        out = [self._net(self._prep(images[i:i + self._bs], self._device)).double().cpu()
-               for i in range(0, len(images), self._bs)]
-        return torch.cat(out).numpy() if out else np.zeros((0, self.dim))
+        parts: dict[str, list] = {k: [] for k in keys}
+        for i in range(0, len(images), self._bs):
+            x = self._prep(images[i:i + self._bs], self._device)
+            out = self._net(x, keys) if len(self.outputs) > 1 else {"features": self._net(x)}
+            for k in keys:
+                parts[k].append(out[k].double().cpu())
+        return {k: torch.cat(v).numpy() if v else np.zeros((0, self.dim if k == "features" else 0))
+                for k, v in parts.items()}
 
 
 def train_cnn(images: np.ndarray, labels: np.ndarray, steps: int, seed: int, batch_size: int = 64,
@@ -216,7 +232,14 @@ def load_extractor(stage_dir: Path, device: str = "cpu") -> Extractor:
         if file_hash(f, meta.get("sha_algo", "sha1")) != meta["sha"]:
             raise StageError(f"extractor inception: {f} does not match its recorded sha {meta['sha']}")
         net = (from_pytorch_fid(f) if f.suffix == ".pth" else from_torchscript(f)).to(device)
-        return Extractor("inception", meta["sha"], 2048, net, inception_input, device, batch_size=50)
+        outputs = ("features", "spatial", *(("logits",) if net.has_logits else ()))
+        return Extractor("inception", meta["sha"], 2048, lambda x, keys: net.forward_all(x, "spatial" in keys),
+                         inception_input, device, batch_size=50, outputs=outputs)
+    if meta["name"] == "dinov2":
+        from dit_eval.dinov2 import dinov2_input, load_dinov2
+
+        net = load_dinov2(f, meta["sha"]).to(device)
+        return Extractor("dinov2", meta["sha"][:16], meta["dim"], net, dinov2_input, device, batch_size=64)
     raise StageError(f"unknown extractor {meta['name']!r} in {meta_path}")
 
 
