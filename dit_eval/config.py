@@ -17,6 +17,9 @@ EXTRACTOR_DIMS = {"fmnist_cnn": 128, "inception": 2048, "random_cnn": 128, "dino
 # metrics of the fid stage (docs/protocol-metrics.md); sfid and is read Inception layers, fd_dinov2 its own network
 METRICS = ("fid", "sfid", "is", "precision", "recall", "fd_dinov2")
 INCEPTION_METRICS = ("sfid", "is")
+# metric -> its key in the fid stage's metrics.json and its column in the runs table (+ `<key>_protocol`)
+RESULT_KEY = {"fid": "gfid", "sfid": "sfid", "is": "inception_score", "precision": "precision", "recall": "recall",
+              "fd_dinov2": "fd_dinov2"}
 SFID_DIM = 2023  # 7 channels x 17 x 17 of mixed_6/conv (dit_eval.inception.SPATIAL_DIM)
 SAMPLERS = ("euler",)
 REFSTATS_SPLITS = ("train", "test")

@@ -25,10 +25,6 @@ from dit_eval.refstats import load_stats_npz
 from dit_eval.sample import load_samples
 from vtp_core.runtime import StageError
 
-# metric (FIDConfig.metrics) -> its key in metrics.json and its column in the runs table
-RESULT_KEY = {"fid": "gfid", "sfid": "sfid", "is": "inception_score", "precision": "precision", "recall": "recall",
-              "fd_dinov2": "fd_dinov2"}
-
 
 def protocol_hash(d: dict) -> str:
     """Short sha256 of a metric's protocol: every key except `value` and `protocol_hash`."""
