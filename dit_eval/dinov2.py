@@ -115,3 +115,17 @@ def build(cfg, out: Path) -> dict:
     atomic_write_json(Path(out) / "extractor.json", {"name": "dinov2", "sha": cfg.sha256.lower(), "sha_algo": "sha256",
                                                      "dim": dim, "file": str(p.resolve())})
     return {"extractor": "dinov2", "sha": cfg.sha256.lower(), "dim": dim, "file": str(p)}
+
+
+def write_random_dinov2(path: Path, seed: int = 0, width: int = 64, depth: int = 1) -> str:
+    """A small seeded random file of the DINOv2 family (rehearsals: FD-DINOv2's code path without the real
+    weights); returns its sha256."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vtp_core.runtime import atomic_torch_save
+
+    torch.manual_seed(seed)
+    net = VisionTransformer(img_size=IMAGE_SIZE, patch_size=PATCH, embed_dim=width, depth=depth,
+                            num_heads=width // HEAD_DIM, init_values=1e-5, num_classes=0)
+    atomic_torch_save(net.state_dict(), Path(path))
+    return sha256_of(Path(path))

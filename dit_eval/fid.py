@@ -67,9 +67,9 @@ def _hashed(d: dict) -> dict:
 
 
 def compute_metrics(cfg, sample_dir: Path, extractor, ref: dict, reference: str, settings: dict,
-                    dino: tuple | None = None) -> dict:
+                    dino: tuple | None = None, device: str = "cpu") -> dict:
     """The stage body, with the extractor(s) and reference stats injected. `dino` = (DINOv2 extractor, its
-    reference stats, that reference's name) when fd_dinov2 is asked."""
+    reference stats, that reference's name) when fd_dinov2 is asked; `device` runs the P/R distances."""
     t0 = time.time()
     want = set(cfg.metrics)
     images, _ = load_samples(sample_dir)
@@ -106,7 +106,7 @@ def compute_metrics(cfg, sample_dir: Path, extractor, ref: dict, reference: str,
             raise StageError(f"fid: precision/recall need reference features; reference {reference} holds statistics "
                              f"only (an ADM reference batch): use a computed reference")
         try:
-            p, r = precision_recall(feats["features"], ref["pr_features"], cfg.pr_k)
+            p, r = precision_recall(feats["features"], ref["pr_features"], cfg.pr_k, device=device)
         except ValueError as e:
             raise StageError(f"fid: {e}") from None
         for name, value in (("precision", p), ("recall", r)):
@@ -138,4 +138,5 @@ def run(cfg, ctx) -> dict:
         dino = (load_extractor(ctx.input("extractor_dinov2"), ctx.device), load_stats_npz(d_dir / "stats.npz"),
                 d_dir.name)
     return compute_metrics(cfg, sample_dir, load_extractor(ctx.input("extractor"), ctx.device),
-                           load_stats_npz(ref_dir / "stats.npz"), ref_dir.name, sample_settings(sample_dir), dino)
+                           load_stats_npz(ref_dir / "stats.npz"), ref_dir.name, sample_settings(sample_dir), dino,
+                           ctx.device)

@@ -46,10 +46,10 @@ def _inside(points: torch.Tensor, centers: torch.Tensor, radii: torch.Tensor, bl
                       for i in range(0, len(points), block)])
 
 
-def precision_recall(samples, reference, k: int = 3, block: int = 4096) -> tuple[float, float]:
-    """(precision, recall) of sample features against reference features, both (N, D)."""
-    s = torch.as_tensor(np.asarray(samples), dtype=torch.float64)
-    r = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
+def precision_recall(samples, reference, k: int = 3, block: int = 4096, device: str = "cpu") -> tuple[float, float]:
+    """(precision, recall) of sample features against reference features, both (N, D), computed on `device`."""
+    s = torch.as_tensor(np.asarray(samples), dtype=torch.float64, device=device)
+    r = torch.as_tensor(np.asarray(reference), dtype=torch.float64, device=device)
     if s.ndim != 2 or r.ndim != 2 or s.shape[1] != r.shape[1]:
         raise ValueError(f"precision/recall: features {tuple(s.shape)} and {tuple(r.shape)} do not match")
     if min(len(s), len(r)) <= k:
