@@ -57,7 +57,8 @@ def _fd(feats, mu, sigma, dim: int, allow_low_n: bool, proto: dict) -> dict:
         low_n = check_n(len(feats), dim, allow_low_n)
         value = frechet_distance(*feature_stats(feats), mu, sigma)
     except FrechetError as e:
-        raise StageError(f"fid: {proto.get('metric', 'fid')}: {e}") from None
+        where = f"fid: {proto['metric']}" if "metric" in proto else "fid"
+        raise StageError(f"{where}: {e}") from None
     return _hashed({"value": value, **proto, "low_n": bool(low_n)})
 
 

@@ -21,7 +21,7 @@ from dit_eval.config import DiTSpec
 from vtp_core.cfg import versioned_dict
 from vtp_core.config import TokenizerConfig
 
-COSTS_VERSION = 2  # bump when what a measurement counts changes
+COSTS_VERSION = 3  # bump when what a measurement counts changes (3: the Inception pass includes the sFID slice)
 
 
 def _cache_path() -> Path:
