@@ -29,8 +29,11 @@ class Passes:
 
 
 def fake_inception(net, outputs=("features", "spatial", "logits")):
-    prep = lambda imgs, dev: torch.from_numpy(np.asarray(imgs, np.float32)) / 255  # noqa: E731
-    return Extractor("inception", "abc", 8, net, prep, "cpu", batch_size=1000, outputs=outputs)
+    return Extractor("inception", "abc", 8, net, _prep, "cpu", batch_size=1000, outputs=outputs)
+
+
+def _prep(imgs, dev):
+    return torch.from_numpy(np.asarray(imgs, np.float32)) / 255
 
 
 @pytest.fixture
@@ -72,7 +75,7 @@ def test_all_metrics_from_one_pass(setup):
 
 
 def test_refusals(setup):
-    images, ref, net = setup
+    _, ref, net = setup
     with pytest.raises(StageError, match="need the logits output of extractor inception"):
         fid.compute_metrics(FIDConfig(metrics=("is",)), None, fake_inception(net, ("features", "spatial")), ref,
                             "r", SETTINGS)

@@ -1,13 +1,18 @@
 """The Inception's extra outputs (sFID spatial features, IS logits) from its one forward pass."""
 import numpy as np
 import pytest
+import small_configs as small
 import torch
 from dit_fakes import synthetic_images
 
 from dit_eval import extractors
 from dit_eval.extractors import bundled_inception_path, inception_input, load_extractor
-from dit_eval.inception import LOGITS_DIM, SPATIAL_DIM, from_pytorch_fid, from_torchscript
-import small_configs as small
+from dit_eval.inception import (
+    LOGITS_DIM,
+    SPATIAL_DIM,
+    from_pytorch_fid,
+    from_torchscript,
+)
 
 
 @pytest.fixture(scope="module")

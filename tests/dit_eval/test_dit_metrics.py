@@ -20,7 +20,10 @@ def test_frechet_matches_pytorch_fid_and_torch_fidelity():
     eigh-based trace agree to ~1e-12 relative on covariances with condition number ~1e2, so a failure
     means different arithmetic, not round-off."""
     from pytorch_fid.fid_score import calculate_frechet_distance
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import (
+        fid_features_to_statistics,
+        fid_statistics_to_metric,
+    )
 
     a, b = _features(2000, 48, 0), _features(1500, 48, 1, shift=0.3)
     ours = frechet_distance(*feature_stats(a), *feature_stats(b))
