@@ -48,7 +48,6 @@ from vtp_core.cfg import versioned_dict
 from vtp_core.data import take
 from vtp_core.runtime import StageError, atomic_write_bytes
 
-
 PR_FEATURES = "pr_features.npy"
 
 

@@ -25,10 +25,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from dit_eval.config import EXTRACTOR_DIMS
 from sweeps import costs
 from sweeps.errors import SpecError
 from sweeps.ids import fmt_num, stage_id
-from dit_eval.config import EXTRACTOR_DIMS
 from sweeps.schema import STAGE_KINDS, Grid, Study, devices_for, resources_for
 from vtp_core.batches import images_per_step, objective_batches
 from vtp_core.cfg import ConfigError, check
