@@ -45,7 +45,8 @@ LABELS = {"tokenizer_flops": "tokenizer pre-training FLOPs", "budget_flops": "no
           "encoder_params": "encoder parameters", "data_size": "pre-training images",
           "gfid": "gFID", "rfid": "rFID", "linear_probe": "linear probe (bottleneck)",
           "linear_probe_pre": "linear probe (pre-bottleneck)", "zero_shot": "zero-shot accuracy",
-          "dit_flops": "DiT training FLOPs"}
+          "dit_flops": "DiT training FLOPs", "sfid": "sFID", "inception_score": "Inception Score",
+          "precision": "precision", "recall": "recall", "fd_dinov2": "FD-DINOv2"}
 
 
 @dataclass

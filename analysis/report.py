@@ -19,7 +19,7 @@ import pandas as pd
 from analysis import plots, summary
 from analysis.compare import CompareError, compare_recipes
 from analysis.fit import FitResult
-from analysis.table import check_table, problems, protocol_rows, split_anchors
+from analysis.table import EXTRA_METRICS, check_table, problems, protocol_rows, split_anchors
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
@@ -30,7 +30,7 @@ text-align:left} th{background:#f3f3f3} .banner{background:#fff3cd;border:1px so
 font-weight:600;margin:1em 0} .ok{color:#1a7f37} .bad{color:#b42318} figure{margin:1em 0}
 img{max-width:100%;border:1px solid #eee} figcaption{font-size:12px;color:#555} code{font-size:12px}
 .muted{color:#666;font-size:12px} pre.summary{background:#f7f7f7;border:1px solid #ddd;padding:.7em 1em;
-white-space:pre-wrap;font-size:13px}
+white-space:pre-wrap;font-size:13px} .pair{display:flex;gap:1em} .pair figure{flex:1;min-width:0}
 """
 
 
@@ -100,6 +100,10 @@ def write_report(df: pd.DataFrame, study: str, out_dir, provenance: dict | None 
     main = plots.plot_scaling(df, "tokenizer_flops", "gfid", out_stem=out / "gfid_vs_tokenizer_flops", n_boot=n_boot,
                               anchors=anchors)
     figs.append(("gFID vs tokenizer pre-training compute", main))
+    if "fd_dinov2" in df.columns and df["fd_dinov2"].notna().any():  # shown beside gFID: where Inception saturates
+        figs.append(("FD-DINOv2 vs tokenizer pre-training compute",
+                     plots.plot_scaling(df, "tokenizer_flops", "fd_dinov2", out_stem=out / "fd_dinov2_vs_tokenizer_flops",
+                                        n_boot=n_boot)))
     fits = main.fits
     for col, title in (("encoder_params", "gFID vs encoder parameters"), ("data_size", "gFID vs pre-training data")):
         if _varies(df, col):
@@ -127,6 +131,7 @@ def write_report(df: pd.DataFrame, study: str, out_dir, provenance: dict | None 
     now = now_dt.strftime("%Y-%m-%d %H:%M UTC")
     prov = {"study": study, "generated": now, **provenance,
             "gfid protocol": protos.get("gfid") or "unrecorded", "rfid protocol": protos.get("rfid") or "unrecorded",
+            **{f"{m} protocol": p for m, p in protocol_rows(df, *EXTRA_METRICS)[1].items() if p},
             "rows left out (other protocols)": n_excl}
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(study)}: VTP scaling report</title>",
              f"<style>{CSS}</style></head><body>",
@@ -152,10 +157,11 @@ def write_report(df: pd.DataFrame, study: str, out_dir, provenance: dict | None 
     if sentences:
         parts += ["<h2>Recipe comparison</h2><ul>"] + [f"<li>{_e(s)}</li>" for s in sentences] + ["</ul>"]
     parts.append("<h2>Figures</h2>")
-    for title, fig in figs:
-        png = fig.paths[0].name
-        parts.append(f"<figure><img src=\"{_e(png)}\" alt=\"{_e(title)}\"><figcaption>{_e(title)} · "
-                     f"{_e(fig.caption)} · <a href=\"{_e(fig.paths[1].name)}\">SVG</a></figcaption></figure>")
+    blocks = [f"<figure><img src=\"{_e(fig.paths[0].name)}\" alt=\"{_e(title)}\"><figcaption>{_e(title)} · "
+              f"{_e(fig.caption)} · <a href=\"{_e(fig.paths[1].name)}\">SVG</a></figcaption></figure>" for title, fig in figs]
+    if len(figs) > 1 and figs[1][0].startswith("FD-DINOv2"):  # the two Fréchet distances side by side
+        blocks[:2] = [f"<div class=pair id=gfid-fd-dinov2>{blocks[0]}{blocks[1]}</div>"]
+    parts += blocks
     parts.append("<h2>Cells not done</h2>")
     parts.append(_table(bad) if len(bad) else "<p class=ok>All cells are done.</p>")
     parts.append("<h2>Provenance</h2>")

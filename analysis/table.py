@@ -19,9 +19,12 @@ import pandas as pd
 from analysis.fit import FitResult, fit
 
 REQUIRED = ("study", "cell", "recipe", "status")
-PROTOCOL_OF = {"gfid": "gfid_protocol", "rfid": "rfid_protocol"}
+PROTOCOL_OF = {"gfid": "gfid_protocol", "rfid": "rfid_protocol", "sfid": "sfid_protocol",
+               "inception_score": "inception_score_protocol", "precision": "precision_protocol",
+               "recall": "recall_protocol", "fd_dinov2": "fd_dinov2_protocol"}
 SCALING_AXES = ("tokenizer_flops", "budget_flops", "encoder_params", "data_size", "dit_flops", "tokenizer_steps")
-LOG_METRICS = ("gfid", "rfid")
+LOG_METRICS = ("gfid", "rfid", "sfid", "fd_dinov2")
+EXTRA_METRICS = ("sfid", "inception_score", "precision", "recall", "fd_dinov2")  # the fid stage's other metrics
 NOT_DONE = ("failed", "diverged", "pending", "running", "preempted", "stale")
 
 

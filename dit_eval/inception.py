@@ -5,7 +5,15 @@ Why: the only offline copy of the FID weights is a TorchScript file (fid-helper-
 `pt_inception-2015-12-05-6726825d.pth` (a state_dict). Both load into this one module: torchvision's
 Inception3 with pytorch-fid's FID block variants (average pools that exclude padding, a max pool in
 the last block), BN eps 1e-3. The TorchScript's 94 conv layers map onto it in order
-(docs/protocol.md#feature-extractors: max abs difference 9.5e-7), which `from_torchscript` checks shape by shape.
+(max abs difference 9.5e-7 on the same inputs, docs/protocol.md#feature-extractors), which `from_torchscript` checks shape by shape.
+
+`forward_all` returns, from one forward pass, what ADM's evaluator reads from the TF graph:
+- `features`: pool3 (N, 2048), the FID features;
+- `spatial`: the first 7 channels of `mixed_6/conv` (the ReLU output of Mixed_6d's 1x1 branch,
+  17x17), flattened in TF's NHWC order: (N, 7*17*17 = 2023), the sFID features;
+- `logits`: pool3 @ W of the 1008-way softmax layer, without its bias (the original Inception
+  Score code and ADM's evaluator use this product), only when the weights carry that layer: pytorch-fid's
+  `.pth` does, the TorchScript does not.
 """
 from __future__ import annotations
 
@@ -51,8 +59,14 @@ class FIDInceptionE(InceptionE):
         return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(p)], 1)
 
 
+SPATIAL_CHANNELS = 7  # ADM's evaluator keeps mixed_6/conv[..., :7]
+SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17
+LOGITS_DIM = 1008  # the 2015-12-05 graph's softmax: 1000 ImageNet classes + 8 unused
+
+
 class FIDInceptionV3(nn.Module):
-    """Input (N,3,299,299) already scaled to about [-1, 1]; output pool3 features (N, 2048)."""
+    """Input (N,3,299,299) already scaled to about [-1, 1]; output pool3 features (N, 2048).
+    `fc` (the softmax layer's weight, 1008 x 2048) is None unless the weights file has it."""
 
     def __init__(self):
         super().__init__()
@@ -62,17 +76,35 @@ class FIDInceptionV3(nn.Module):
         net.Mixed_6d, net.Mixed_6e = FIDInceptionC(768, 160), FIDInceptionC(768, 192)
         net.Mixed_7b, net.Mixed_7c = FIDInceptionE(1280, max_pool=False), FIDInceptionE(2048, max_pool=True)
         self.net = net
+        self.register_buffer("fc", None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def has_logits(self) -> bool:
+        return self.fc is not None
+
+    def forward_all(self, x: torch.Tensor, spatial: bool = True) -> dict[str, torch.Tensor]:
+        """{'features', 'spatial', 'logits'} of one pass (see the module docstring); `spatial=False` skips
+        copying the mixed_6/conv slice, 'logits' is absent without `fc`."""
         n = self.net
         x = n.Conv2d_2b_3x3(n.Conv2d_2a_3x3(n.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, 2)
         x = n.Conv2d_4a_3x3(n.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, 2)
-        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-                     "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+        out = {}
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c"):
             x = getattr(n, name)(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if spatial:  # mixed_6/conv = Mixed_6d.branch1x1 (conv-BN-ReLU) on Mixed_6c's output; ~1.5 % more FLOPs
+            s = n.Mixed_6d.branch1x1(x)[:, :SPATIAL_CHANNELS]
+            out["spatial"] = s.permute(0, 2, 3, 1).flatten(1)  # NHWC order, as the TF evaluator flattens it
+        for name in ("Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(n, name)(x)
+        out["features"] = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if self.fc is not None:
+            out["logits"] = out["features"] @ self.fc.t()
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x, spatial=False)["features"]
 
 
 def _convs(model: FIDInceptionV3) -> list[BasicConv2d]:
@@ -103,9 +135,15 @@ def from_torchscript(path: Path) -> FIDInceptionV3:
 
 
 def from_pytorch_fid(path: Path) -> FIDInceptionV3:
-    """pytorch-fid's `pt_inception-2015-12-05-*.pth` (torchvision key names; its fc is dropped)."""
+    """pytorch-fid's `pt_inception-2015-12-05-*.pth` (torchvision key names); its `fc.weight` (1008 x 2048)
+    becomes the logits layer (the bias is not used: see the module docstring)."""
     sd = torch.load(path, map_location="cpu", weights_only=True)
     model = FIDInceptionV3()
+    fc = sd.get("fc.weight")
+    if fc is not None:
+        if tuple(fc.shape) != (LOGITS_DIM, 2048):
+            raise ValueError(f"{path}: fc.weight has shape {tuple(fc.shape)}, expected ({LOGITS_DIM}, 2048)")
+        model.fc = fc.detach().float().clone()
     missing, unexpected = model.net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")},
                                                     strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]

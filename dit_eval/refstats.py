@@ -22,9 +22,17 @@ Same (labels, n, seed) -> same subset; `n = 0` -> the whole split. When labels a
 label is -1, e.g. tar shards without `.cls`), a seeded uniform subset is drawn instead, and the
 metrics say so (`selection: "uniform"`, `n_unlabelled`).
 
+What the fid stage's metrics need from the reference, all from the one pass over its images:
+- `stats.npz`: `mu`/`sigma` of the FD features, and for an extractor with sFID features (the Inception)
+  `mu_s`/`sigma_s` of those (ADM's key names);
+- `pr_features.npy`: the FD features of a class-balanced subset of `pr_n_images` of the chosen images
+  (the same rule and seed, applied to the chosen images' labels): the reference manifold of
+  precision/recall, bounded because its k-NN radii cost N² distances.
+
 ADM-style reference batches (`RefStatsConfig.npz` + `sha256`, e.g. VIRTUAL_imagenet256_labeled.npz):
-the stage checks the file's sha256, reads `mu`/`sigma` (never the `arr_0` images) and writes them as
-its stats.npz, so the fid stage reads them like computed statistics. No images are read.
+the stage checks the file's sha256, reads `mu`/`sigma` (and `mu_s`/`sigma_s` when present; never the
+`arr_0` images) and writes them as its stats.npz, so the fid stage reads them like computed
+statistics. No images are read, so there are no precision/recall features in this mode.
 """
 from __future__ import annotations
 
@@ -40,21 +48,30 @@ from vtp_core.cfg import versioned_dict
 from vtp_core.data import take
 from vtp_core.runtime import StageError, atomic_write_bytes
 
+PR_FEATURES = "pr_features.npy"
 
-def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, n: int) -> None:
+
+def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray, n: int, **extra: np.ndarray) -> None:
+    """stats.npz: mu, sigma, n, and `extra` arrays (mu_s, sigma_s: the sFID statistics)."""
     buf = io.BytesIO()
-    np.savez(buf, mu=mu, sigma=sigma, n=np.int64(n))
+    np.savez(buf, mu=mu, sigma=sigma, n=np.int64(n), **extra)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_stats_npz(path: Path) -> dict:
-    """{"mu", "sigma", "n"} from a refstats `stats.npz` (n = 0: unknown, e.g. from an ADM batch)."""
+    """{"mu", "sigma", "n"} from a refstats `stats.npz` (n = 0: unknown, e.g. from an ADM batch), plus
+    "mu_s"/"sigma_s" when stored, and "pr_features" when the stage folder holds them."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"reference statistics missing: {path}")
     with np.load(path) as f:
-        return {"mu": f["mu"].astype(np.float64), "sigma": f["sigma"].astype(np.float64),
-                "n": int(f["n"]) if "n" in f else 0}
+        out = {"mu": f["mu"].astype(np.float64), "sigma": f["sigma"].astype(np.float64),
+               "n": int(f["n"]) if "n" in f else 0}
+        out.update({k: f[k].astype(np.float64) for k in ("mu_s", "sigma_s") if k in f})
+    pr = path.parent / PR_FEATURES
+    if pr.is_file():
+        out["pr_features"] = np.load(pr)
+    return out
 
 
 def sha256_file(path: Path) -> str:
@@ -90,7 +107,10 @@ def load_reference_npz(path: Path, sha256: str = "", full: bool = False) -> dict
         keys = sorted(f.files)
         if "mu" not in keys or "sigma" not in keys:
             raise StageError(f"reference npz {path} has keys {keys}; needs 'mu' and 'sigma'")
-        return {"mu": f["mu"].astype(np.float64), "sigma": f["sigma"].astype(np.float64), "n": 0}
+        out = {"mu": f["mu"].astype(np.float64), "sigma": f["sigma"].astype(np.float64), "n": 0}
+        if "mu_s" in keys and "sigma_s" in keys:  # ADM's sFID statistics
+            out.update(mu_s=f["mu_s"].astype(np.float64), sigma_s=f["sigma_s"].astype(np.float64))
+        return out
 
 
 # ---------------------------------------------------------------------------- which images
@@ -171,11 +191,20 @@ def compute_refstats(cfg, out: Path, extractor, images, labels=None) -> dict:
         raise StageError("refstats: need at least 2 images")
     idx, info = balanced_indices(labels, cfg.n_images, cfg.seed)
     sel = images if len(idx) == len(images) else take(images, idx)  # lazy user data: decoded batch by batch
-    mu, sigma = feature_stats(extractor(sel))
-    save_stats(Path(out) / "stats.npz", mu, sigma, n)
+    keys = ("features", "spatial") if "spatial" in extractor.outputs else ("features",)
+    feats = extractor.features(sel, keys)  # one pass: FD features (+ the Inception's sFID features)
+    mu, sigma = feature_stats(feats["features"])
+    extra = dict(zip(("mu_s", "sigma_s"), feature_stats(feats.pop("spatial")))) if "spatial" in feats else {}
+    # the precision/recall reference: a class-balanced subset of the chosen images (positions into idx)
+    pr_pos, _ = balanced_indices(np.asarray(labels)[idx], min(cfg.pr_n_images, len(idx)), cfg.seed)
+    buf = io.BytesIO()
+    np.save(buf, feats["features"][pr_pos])
+    atomic_write_bytes(Path(out) / PR_FEATURES, buf.getvalue())
+    save_stats(Path(out) / "stats.npz", mu, sigma, n, **extra)
     return {"reference": "computed", "extractor": extractor.name, "extractor_sha": extractor.sha,
             "dim": extractor.dim, "data": versioned_dict(cfg.data), "split": cfg.split, "n": n,
-            "seed": cfg.seed, **info, "subset_sha": subset_sha(idx), "wall_s": round(time.time() - t0, 3)}
+            "seed": cfg.seed, **info, "subset_sha": subset_sha(idx), "sfid_stats": bool(extra),
+            "pr_n": len(pr_pos), "pr_subset_sha": subset_sha(idx[pr_pos]), "wall_s": round(time.time() - t0, 3)}
 
 
 def reference_from_npz(cfg, out: Path, extractor) -> dict:
@@ -190,10 +219,11 @@ def reference_from_npz(cfg, out: Path, extractor) -> dict:
                          f"{extractor.name} has dim {extractor.dim}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise StageError(f"refstats: {cfg.npz} holds non-finite mu/sigma")
-    save_stats(Path(out) / "stats.npz", mu, sigma, 0)
+    extra = {k: ref[k] for k in ("mu_s", "sigma_s") if k in ref}
+    save_stats(Path(out) / "stats.npz", mu, sigma, 0, **extra)
     return {"reference": "npz", "npz_file": Path(cfg.npz).name, "npz_sha256": cfg.sha256.lower(),
             "extractor": extractor.name, "extractor_sha": extractor.sha, "dim": extractor.dim, "n": 0,
-            "wall_s": round(time.time() - t0, 3)}
+            "sfid_stats": bool(extra), "wall_s": round(time.time() - t0, 3)}
 
 
 def run(cfg, ctx) -> dict:

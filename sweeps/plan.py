@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from dit_eval.config import EXTRACTOR_DIMS
 from sweeps import costs
 from sweeps.errors import SpecError
 from sweeps.ids import fmt_num, stage_id
@@ -219,7 +220,7 @@ def _check_counts(s: Study) -> None:
             ("probe.n_train", s.probe.n_train, ev_train, "eval_data's train split"),
             ("probe.n_test", s.probe.n_test, ev_test, "eval_data's test split"),
             ("latents.n_images", s.latents.n_images, ev_train, "eval_data's train split")]
-    if not s.refstats.npz:
+    if not s.refstats.npz or "fd_dinov2" in s.fid.metrics:  # FD-DINOv2's reference is always computed
         n_ref = ev_train if s.refstats.split == "train" else ev_test
         asks.append(("refstats.n_images", s.refstats.n_images, n_ref, f"eval_data's {s.refstats.split} split"))
     for field_, asked, have, what in asks:
@@ -251,10 +252,18 @@ def plan(study: Study) -> Plan:
     ref = _stage(s, "refstats", f"{s.refstats.data.dataset}-{s.refstats.split}", s.refstats, (("extractor", ext.id),),
                  flops=n_ref * ext_fwd, images=n_ref)
     p.add(ref)
+    dino_up, dino_fwd = _dinov2_stages(s, p, n_ref)
+    # the fid stage: one pass of the extractor for all its metrics, one DINOv2 pass for fd_dinov2, and the k-NN
+    # distances of precision/recall
+    fid_per_sample = ext_fwd + dino_fwd
+    n_pr = min(s.refstats.pr_n_images, n_ref)
+    pr_flops = (costs.precision_recall_flops(s.sample.n_samples, n_pr, EXTRACTOR_DIMS[s.extractor.name])
+                if {"precision", "recall"} & set(s.fid.metrics) else 0.0)
     g = s.grid
     n_lat = s.latents.n_images or _split_size(s.latents.data, "train", f"{where}: eval_data")
     per_arch = {}  # (recipe, encoder) -> costs that ignore seed, data size and steps (`costs._strip`), looked up once
-    ctx = {"ext": ext, "ref": ref, "ext_fwd": ext_fwd, "n_lat": n_lat, "per_arch": per_arch}
+    ctx = {"ext": ext, "ref": ref, "ext_fwd": ext_fwd, "n_lat": n_lat, "per_arch": per_arch, "dino_up": dino_up,
+           "fid_flops": s.sample.n_samples * fid_per_sample + pr_flops}
     for recipe, encoder, data_size, budget, seed in itertools.product(g.recipe, g.encoder, g.data_size, g.budget,
                                                                       g.seed):
         base = dataclasses.replace(s.tokenizer, recipe=recipe, encoder=encoder, seed=seed,
@@ -332,7 +341,8 @@ def _downstream(p: Plan, pre_id: str, short: str, enc_flops: float, dec_flops: f
                   (("dit", dit.id), ("latents", lat.id), ("pretrain", pre_id)), flops=samp_flops)
     p.add(samp)
     fid = _stage(s, "fid", f"n{n}-{s.extractor.name}", s.fid, (("sample", samp.id), ("extractor", ext.id),
-                                                               ("refstats", ref.id)), flops=n * ext_fwd)
+                                                               ("refstats", ref.id), *ctx["dino_up"]),
+                 flops=ctx["fid_flops"])
     p.add(fid)
     return {"probe": probe.id, "latents": lat.id, "dit": dit.id, "sample": samp.id, "fid": fid.id,
             "dit_flops": dit_flops}
@@ -359,6 +369,21 @@ def _anchor_cell(p: Plan, a, ctx: dict) -> None:
         seed=0, steps=0, encoder_params=costs.encoder_params(tok), tokenizer_flops=a.tokenizer_flops or math.nan,
         dit_flops=down.pop("dit_flops"), samples_seen=0, samples={}, anchor=a.name,
         stages={"extractor": ctx["ext"].id, "refstats": ctx["ref"].id, "pretrain": stage.id, **down}))
+def _dinov2_stages(s: Study, p: Plan, n_ref: int) -> tuple[tuple, float]:
+    """With fd_dinov2: the DINOv2 extractor stage and its reference stage (the study's reference images, always
+    computed: an ADM batch holds Inception statistics only). Returns the fid stage's extra upstream entries and
+    the DINOv2 FLOPs per image."""
+    if "fd_dinov2" not in s.fid.metrics:
+        return (), 0.0
+    fwd = costs.extractor_forward_flops("dinov2")
+    ext = p.stages[p.add(_stage(s, "extractor", "dinov2", s.fid.dinov2))]
+    rcfg = dataclasses.replace(s.refstats, npz="", sha256="")
+    if s.refstats.npz:
+        n_ref = rcfg.n_images or _split_size(rcfg.data, rcfg.split, f"{s.path}: eval_data")
+    ref = _stage(s, "refstats", f"{rcfg.data.dataset}-{rcfg.split}-dinov2", rcfg, (("extractor", ext.id),),
+                 flops=n_ref * fwd, images=n_ref)
+    p.add(ref)
+    return (("extractor_dinov2", ext.id), ("refstats_dinov2", ref.id)), fwd
 
 
 def _pinned(s: Study) -> Study:

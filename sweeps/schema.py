@@ -36,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from dit_eval.config import EXTRACTOR_DIMS, DiTSpec, ExtractorConfig, FIDConfig, LatentsConfig, RefStatsConfig, SampleConfig
+from dit_eval.config import (EXTRACTOR_DIMS, INCEPTION_METRICS, SFID_DIM, DiTSpec, ExtractorConfig, FIDConfig,
+                             LatentsConfig, RefStatsConfig, SampleConfig)
 from sweeps.errors import SpecError
 from vtp_core.cfg import load, problems, spec
 from vtp_core.config import RECIPES, AnchorConfig, DataConfig, ProbeConfig, TokenizerConfig
@@ -199,11 +200,7 @@ class Study:
         if e.dataset == "tar" and "{" in e.path:
             yield "eval_data.path", (f"a shard pattern ({e.path}) has no test split for the probes; give a folder "
                                      f"with train/ and val/ (e.g. ImageNet as imagefolder)")
-        n, dim = self.sample.n_samples, EXTRACTOR_DIMS[self.extractor.name]
-        if n < dim and not self.fid.allow_low_n:
-            yield "sample.n_samples", (f"{n} samples are fewer than the {dim} features of extractor "
-                                       f"{self.extractor.name}: the FID covariance is rank-deficient; sample more "
-                                       f"or set fid.allow_low_n: true (the FID is then labelled low-N)")
+        yield from self._metric_problems()
         if self.sample.cfg_scale != 1.0 and not self.dit.class_dropout > 0:
             yield "sample.cfg_scale", (f"{self.sample.cfg_scale} needs the null label, which a DiT learns only with "
                                        f"class dropout; dit.class_dropout is {self.dit.class_dropout} (use cfg_scale 1 "
@@ -249,6 +246,29 @@ class Study:
             if self.eval_data.image_size % patch:
                 yield "eval_data.image_size", (f"{self.eval_data.image_size} is not a multiple of the patch {patch} "
                                                f"of anchor {a.name}")
+    def _metric_problems(self):
+        """What each metric of fid.metrics needs from the extractor, the reference and the sample count."""
+        m, ext = self.fid.metrics, self.extractor.name
+        for name in INCEPTION_METRICS:
+            if name in m and ext != "inception":
+                layer = "mixed_6/conv features" if name == "sfid" else "logits"
+                yield "fid.metrics", (f"{name!r} reads the Inception's {layer}; extractor.name is {ext!r} (sfid and is "
+                                      f"need extractor.name: inception; fid, precision, recall work with any)")
+        if "is" in m and ext == "inception" and not self.extractor.path.endswith(".pth"):
+            yield "fid.metrics", ("'is' needs the Inception's 1008-way softmax layer, which the bundled TorchScript "
+                                  "lacks; set extractor.path to pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+        if self.refstats.npz and {"precision", "recall"} & set(m):
+            yield "fid.metrics", ("precision/recall need reference features; refstats.npz gives statistics only "
+                                  "(drop refstats.npz to compute the reference from eval_data)")
+        n = self.sample.n_samples
+        dims = {"fid": (EXTRACTOR_DIMS[ext], f"extractor {ext}"), "sfid": (SFID_DIM, "sFID (mixed_6/conv[:7])"),
+                "fd_dinov2": (EXTRACTOR_DIMS["dinov2"], "DINOv2 ViT-L/14")}
+        low = [(name, *dims[name]) for name in m if name in dims and n < dims[name][0]]
+        if low and not self.fid.allow_low_n:
+            name, dim, what = max(low, key=lambda t: t[1])
+            yield "sample.n_samples", (f"{n} samples are fewer than the {dim} features of {what} ({name}): the "
+                                       f"covariance is rank-deficient; sample more or set fid.allow_low_n: true "
+                                       f"(the Fréchet distance is then labelled low-N)")
 
     def _file_problems(self):
         """Files a study names must exist and match their checksums (hashed once per process)."""
@@ -268,6 +288,19 @@ class Study:
                 yield "refstats.sha256", f"{r.npz} has sha256 {_sha256(str(p))}, not {r.sha256!r}"
         if self.extractor.path and not Path(self.extractor.path).is_file():
             yield "extractor.path", f"{self.extractor.path}: no such file"
+        d = self.fid.dinov2
+        if "fd_dinov2" in self.fid.metrics and d.path and len(d.sha256) == 64:
+            if not Path(d.path).is_file():
+                yield "fid.dinov2.path", f"{d.path}: no such file (the DINOv2 weights are never downloaded)"
+            elif _sha256(d.path) != d.sha256.lower():
+                yield "fid.dinov2.sha256", f"{d.path} has sha256 {_sha256(d.path)}, not {d.sha256!r}"
+        if "sfid" in self.fid.metrics and r.npz and Path(r.npz).is_file():
+            import numpy as np
+
+            with np.load(r.npz) as f:  # the member list only: no array is read
+                keys = set(f.files)
+            if not {"mu_s", "sigma_s"} <= keys:
+                yield "fid.metrics", f"'sfid' needs mu_s/sigma_s in refstats.npz {r.npz}, which has {sorted(keys)}"
 
 
 _SHA_CACHE: dict[tuple, str] = {}

@@ -79,6 +79,8 @@ INERT: dict[str, tuple[str, str, str]] = {
     "ExtractorConfig.path": ("test_extractor_path", "bundled Inception ('') vs a copy given by path",
                              ("same recorded checksum (what identifies the network in every FID) and "
                               "bit-identical features")),
+    "DINOv2Config.path": ("test_dinov2_path", "a DINOv2-family file vs a byte-identical copy in another folder",
+                          "same recorded sha256 (the identity in every FD-DINOv2) and bit-identical features"),
 }
 
 
@@ -333,6 +335,7 @@ VARIANTS: dict[str, dict[str, typing.Callable]] = {
         "AnchorConfig.tokenizer_flops": lambda w, a: dataclasses.replace(a, tokenizer_flops=1e21),
     },
     "test_extractor_path": {"ExtractorConfig.path": None},
+    "test_dinov2_path": {"DINOv2Config.path": None},
 }
 
 
@@ -629,6 +632,36 @@ def test_anchor_field(field, tmp_path):
         m = run_stage("anchor", cfg, tmp_path / name)
         outs.append((drop(m), tokenizer_blob(tmp_path / name)))
     assert_identical(outs[0], outs[1], field)
+
+
+def test_dinov2_path(tmp_path):
+    """FD-DINOv2's weights: a small random file of the DINOv2 family vs a byte-identical copy elsewhere. The
+    stage records the sha256 the study gives (checked against the file), every FD-DINOv2 carries it, and
+    `load_extractor` re-checks it: the checksum, not the path, identifies the network. Shown: same record
+    (but the `file` path itself) and the same CLS features of the same images, bit for bit."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from dit_eval.config import DINOv2Config
+    from dit_eval.dinov2 import sha256_of
+    from dit_eval.extractors import load_extractor
+
+    torch.manual_seed(0)
+    net = VisionTransformer(img_size=224, patch_size=14, embed_dim=64, depth=1, num_heads=1, init_values=1e-5,
+                            num_classes=0)
+    a, b = tmp_path / "a" / "dinov2.pth", tmp_path / "b" / "dinov2.pth"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    torch.save(net.state_dict(), a)
+    shutil.copyfile(a, b)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    rows = []
+    for path in (a, b):
+        out = tmp_path / f"stage-{path.parent.name}"
+        m = run_stage("extractor", DINOv2Config(path=str(path), sha256=sha256_of(a)), out)
+        record = json.loads((out / "extractor.json").read_text())
+        ext = load_extractor(out)
+        rows.append((drop(m, ("file",)), drop(record, ("file",)), ext.sha, ext(images)))
+    assert_identical(rows[0], rows[1], "dinov2 stage")
 
 
 def test_tolerances_reject_real_changes():

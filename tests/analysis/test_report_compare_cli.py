@@ -156,3 +156,18 @@ def test_report_of_a_study_with_no_cell_done_yet(table, tmp_path):
     pending = table.assign(status="pending", gfid=np.nan)
     path = write_report(pending, "fixture", tmp_path, n_boot=20)
     assert path.exists() and "not done" in path.read_text().lower() or "pending" in path.read_text()
+
+
+def test_report_puts_fd_dinov2_beside_gfid(table, tmp_path):
+    """A study that computed FD-DINOv2 gets its scaling figure next to gFID's (one row), with its protocol
+    recorded; a study without it gets no such figure."""
+    df = table.copy()
+    df["fd_dinov2"] = df["gfid"] * 3.0
+    df["fd_dinov2_protocol"] = "dino1234abcd"
+    text = write_report(df, "fixture", tmp_path, n_boot=50).read_text()
+    pair = re.search(r"<div class=pair id=gfid-fd-dinov2>(.*?)</div>", text)
+    assert pair and "gfid_vs_tokenizer_flops.png" in pair.group(1) and "fd_dinov2_vs_tokenizer_flops.png" in pair.group(1)
+    assert (tmp_path / "fd_dinov2_vs_tokenizer_flops.png").stat().st_size > 10_000
+    assert "fd_dinov2 protocol" in text and "dino1234abcd" in text
+    plain = write_report(table, "fixture", tmp_path / "plain", n_boot=50).read_text()
+    assert "fd_dinov2" not in plain and "class=pair" not in plain

@@ -58,6 +58,24 @@ def test_shrink_keeps_token_grids_recipes_and_the_method(name, tmp_path):
     assert sm["shard_size"] % sm["ode_batch"] == 0  # a dopri5 study's shards hold whole runs in its rehearsal too
 
 
+def test_shrink_keeps_the_metrics_its_extractor_can_compute(tmp_path):
+    """random_cnn replaces the Inception: sfid and is (Inception layers) are left out, the rest kept, and
+    FD-DINOv2 runs on the rehearsal's random DINOv2-family file (a loadable file, checked by sha256)."""
+    from dit_eval.config import DINOv2Config, FIDConfig
+    from dit_eval.dinov2 import write_random_dinov2
+
+    real = study_from_doc(read_yaml(study_path("flops")), study_path("flops"), validate=False)
+    real = dataclasses.replace(real, fid=FIDConfig(metrics=("fid", "sfid", "is", "precision", "recall", "fd_dinov2"),
+                                                   dinov2=DINOv2Config(path="/real/dinov2.pth", sha256="a" * 64)))
+    data = {"data": {"dataset": "tar", "path": "/x/{00000..00003}.tar"}, "eval_data": {"dataset": "imagefolder", "path": "/y"}}
+    dino = (str(tmp_path / "d.pth"), write_random_dinov2(tmp_path / "d.pth"))
+    args = (real, rehearse.register_sizes(), data, ("/l.pt", "0" * 64), 0.01, rehearse.SHRINK)
+    fid = rehearse.shrunk_sections(*args, dino)["fid"]
+    assert fid["metrics"] == ["fid", "precision", "recall", "fd_dinov2"] and fid["allow_low_n"]
+    assert fid["dinov2"] == {"name": "dinov2", "path": dino[0], "sha256": dino[1]}
+    assert rehearse.shrunk_sections(*args)["fid"]["metrics"] == ["fid", "precision", "recall"]
+
+
 def _fake_cell(tmp_path, losses: dict, lr_peak: float, per_class: tuple[int, int], recipe: str = "clip_ssl_ae"):
     """A finished cell in a real store, with the metrics a run would log."""
     from cluster.store import Store

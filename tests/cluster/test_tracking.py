@@ -95,3 +95,18 @@ def test_a_store_of_another_mlflow_version_is_rebuilt_from_the_tables(tmp_path):
     client = MlflowClient(tracking_uri(results))
     [exp] = [e for e in client.search_experiments() if e.name == "s"]
     assert sorted(r.data.tags["cell"] for r in client.search_runs([exp.experiment_id])) == ["c0", "c1", "c2"]
+
+
+def test_other_metrics_are_logged_with_their_protocols(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cluster.tracking import log_table, tracking_uri
+
+    df = _table(2, 10.0).assign(fd_dinov2=[30.0, 31.0], fd_dinov2_protocol="d1", precision=float("nan"),
+                                precision_protocol=None)
+    assert log_table(df, "s", tmp_path / "results", commit="abc") == 2
+    client = MlflowClient(tracking_uri(tmp_path / "results"))
+    exp = client.get_experiment_by_name("s")
+    for r in client.search_runs([exp.experiment_id]):
+        assert r.data.metrics["fd_dinov2"] in (30.0, 31.0) and r.data.tags["fd_dinov2_protocol"] == "d1"
+        assert "precision" not in r.data.metrics and "precision_protocol" not in r.data.tags

@@ -203,3 +203,36 @@ def test_fmnist_cnn_reads_fashion_mnist_at_32px(make_ctx, monkeypatch):
     monkeypatch.setattr(vdata, "load_split", fake_load_split)
     m = extractors.run(ExtractorConfig(name="fmnist_cnn", train_steps=2), make_ctx("fm"))
     assert seen == [("fashion_mnist", 32, "train"), ("fashion_mnist", 32, "test")] and m["dim"] == 128
+
+
+def test_sfid_stats_and_precision_recall_subset(make_ctx):
+    """One pass gives both statistics; the P/R reference is a class-balanced subset of the chosen images
+    (their own features, bit for bit), bounded by pr_n_images."""
+    import torch
+
+    from dit_eval.extractors import Extractor
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (400, 4, 4, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 40)
+    passes = []
+
+    def net(x, keys):
+        passes.append(len(x))
+        return {"features": x.flatten(1)[:, :6], "spatial": x.flatten(1)[:, 6:15]}
+
+    ext = Extractor("inception", "s", 6, net, lambda imgs, dev: torch.from_numpy(np.asarray(imgs, np.float32)), "cpu",
+                    batch_size=1000, outputs=("features", "spatial"))
+    ctx = make_ctx("pr")
+    m = refstats.compute_refstats(RefStatsConfig(n_images=200, pr_n_images=50, seed=3), ctx.out, ext, images, labels)
+    st = refstats.load_stats_npz(ctx.out / "stats.npz")
+    idx, _ = refstats.balanced_indices(labels, 200, 3)
+    flat = images[idx].reshape(200, -1).astype(np.float64)
+    assert passes == [200]
+    assert np.allclose(st["mu_s"], flat[:, 6:15].mean(0)) and st["sigma_s"].shape == (9, 9) and m["sfid_stats"]
+    pr = st["pr_features"]
+    assert pr.shape == (50, 6) and m["pr_n"] == 50
+    rows = {tuple(r) for r in flat[:, :6]}
+    assert all(tuple(r) in rows for r in pr)  # drawn from the chosen images
+    pos, _ = refstats.balanced_indices(labels[idx], 50, 3)
+    assert np.bincount(labels[idx][pos], minlength=10).tolist() == [5] * 10

@@ -122,3 +122,24 @@ def test_reference_npz(tmp_path):
     assert r["sigma"].shape == (4, 4)
     with pytest.raises(StageError, match="does not match"):
         refstats.load_reference_npz(tmp_path / "ref.npz", sha256="deadbeef")
+
+
+def test_inception_metrics_through_the_stage_entries(fake_vtp, make_ctx, tmp_path):
+    """The real (bundled) Inception through extractor -> refstats -> fid with FID, sFID and precision/recall:
+    one pass each over 40 reference and 24 sample images (CPU-sized; low-N allowed and labelled)."""
+    ext = make_ctx("inc")
+    extractors.run(small.extractor(name="inception"), ext)
+    ref = make_ctx("ref", extractor=ext.out)
+    r = refstats.run(small.refstats(n_images=40, pr_n_images=20), ref)
+    assert r["sfid_stats"] and r["pr_n"] == 20
+    smp = tmp_path / "sample"
+    (smp / "samples").mkdir(parents=True)
+    imgs, labels = synthetic_images(24)
+    np.savez(smp / "samples" / "shard-0.npz", images=imgs, labels=labels)
+    atomic_write_json(smp / "metrics.json", {"sampler": "euler", "steps": 5, "shift": 0.3, "cfg": 1.0, "ema": True})
+    out = fid.run(FIDConfig(allow_low_n=True, metrics=("fid", "sfid", "precision", "recall")),
+                  make_ctx("fid", sample=smp, extractor=ext.out, refstats=ref.out))
+    assert out["gfid"]["value"] > 0 and out["sfid"]["value"] > 0 and out["sfid"]["low_n"]
+    assert 0 <= out["precision"]["value"] <= 1 and 0 <= out["recall"]["value"] <= 1
+    assert out["recall"]["n_reference"] == 20 and out["metrics"] == ["fid", "sfid", "precision", "recall"]
+    json.dumps(out)

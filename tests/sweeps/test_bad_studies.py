@@ -150,3 +150,38 @@ def test_lr_from_file_with_a_word_for_lr(write_study, tmp_path, capsys):
     tune.write_text("encoder: tiny\nlr: fast\n")
     path = write_study(f"tokenizer: {{lr_from: '{tune}'}}\n")
     assert_refused(path, ["tokenizer.lr_from:", str(tune), "'fast'"], tmp_path / "results", capsys)
+
+
+def test_inception_score_with_the_bundled_inception(write_study, tmp_path, capsys):
+    path = write_study("extractor: {name: inception}\nfid: {allow_low_n: true, metrics: [fid, is]}\n")
+    assert_refused(path, ["fid.metrics: 'is' needs the Inception's 1008-way softmax layer", "bundled TorchScript",
+                          "pt_inception-2015-12-05-6726825d.pth"], tmp_path / "results", capsys)
+
+
+def test_precision_recall_with_an_adm_reference_batch(write_study, tmp_path, capsys):
+    import hashlib
+
+    import numpy as np
+
+    npz = tmp_path / "VIRTUAL_ref.npz"
+    np.savez(npz, mu=np.zeros(4), sigma=np.eye(4))
+    sha = hashlib.sha256(npz.read_bytes()).hexdigest()
+    path = write_study(f"extractor: {{name: inception}}\nrefstats: {{npz: '{npz}', sha256: '{sha}'}}\n"
+                       "fid: {allow_low_n: true, metrics: [fid, sfid, precision]}\n")
+    assert_refused(path, ["fid.metrics: precision/recall need reference features", "refstats.npz"],
+                   tmp_path / "results", capsys)
+    path = write_study(f"extractor: {{name: inception}}\nrefstats: {{npz: '{npz}', sha256: '{sha}'}}\n"
+                       "fid: {allow_low_n: true, metrics: [fid, sfid]}\n")
+    assert_refused(path, ["fid.metrics: 'sfid' needs mu_s/sigma_s", str(npz)], tmp_path / "results", capsys)
+
+
+def test_dinov2_weights_with_another_sha256(write_study, tmp_path, capsys):
+    import hashlib
+
+    weights = tmp_path / "dinov2_vitl14.pth"
+    weights.write_bytes(b"not the weights the study names")
+    actual = hashlib.sha256(weights.read_bytes()).hexdigest()
+    path = write_study(f"fid: {{allow_low_n: true, metrics: [fid, fd_dinov2], "
+                       f"dinov2: {{path: '{weights}', sha256: '{HEX}'}}}}\n")
+    assert_refused(path, ["fid.dinov2.sha256:", str(weights), f"has sha256 {actual}", repr(HEX)],
+                   tmp_path / "results", capsys)

@@ -412,3 +412,33 @@ def test_the_dry_run_counts_the_passes_the_sampler_makes():
                      cfg.cfg_scale, cfg.cfg_interval_start, 10)
         assert sample_model_passes(cfg) == sum(calls)
     assert sample_model_passes(dataclasses.replace(small.sample(), sampler="dopri5", cfg_scale=1.0)) == DOPRI5_NFE_PLAN
+
+
+def test_metric_passes_in_the_fid_estimate(write_study, fixed_costs, monkeypatch, tmp_path):
+    """The fid stage's work: one pass of the study's extractor for all its metrics, one DINOv2 pass with
+    fd_dinov2 (its own extractor + reference stages, shared by every cell), and the precision/recall distances."""
+    import hashlib
+
+    monkeypatch.setattr(costs, "extractor_forward_flops", lambda name: 7.0e6 if name == "dinov2" else 5.0e5)
+    weights = tmp_path / "dinov2.pth"
+    weights.write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    one = STUDY.replace("seed: [0, 1]", "seed: [0]").replace("data_size: [0, 1000]", "data_size: [0]")
+    base = plan_mod.plan(load_study(write_study(one + "sample: {n_samples: 2000}\n", name="a.yaml")))
+    fd = "fid: {metrics: [fid, sfid, precision, recall, fd_dinov2], dinov2: {path: '%s', sha256: '%s'}}\n"
+    more = plan_mod.plan(load_study(write_study(
+        one + "sample: {n_samples: 2000}\nextractor: {name: inception}\nrefstats: {n_images: 3000, pr_n_images: 1000}\n"
+        + fd % (weights, sha), name="b.yaml")))
+    f0 = base.stages[base.cells[0].stages["fid"]]
+    f1 = more.stages[more.cells[0].stages["fid"]]
+    assert f0.flops == 2000 * 5.0e5
+    pr = 2 * 2048 * (2000 ** 2 + 1000 ** 2 + 2 * 2000 * 1000)
+    assert f1.flops == pytest.approx(2000 * (5.0e5 + 7.0e6) + pr)
+    assert f1.seconds == pytest.approx(f1.flops / more.study.estimate.throughput)
+    ups = dict(f1.upstream)
+    dino_ext, dino_ref = more.stages[ups["extractor_dinov2"]], more.stages[ups["refstats_dinov2"]]
+    assert (dino_ext.kind, dino_ref.kind) == ("extractor", "refstats") and dino_ref.upstream_ids == (dino_ext.id,)
+    assert dino_ref.flops == 3000 * 7.0e6 and dino_ref.id != ups["refstats"]
+    assert sum(st.kind == "extractor" for st in more.stages.values()) == 2  # shared, once per study
+    assert "extractor_dinov2" not in dict(f0.upstream)
+    assert f1.id != f0.id  # the metrics are in the fid stage's hash
