@@ -18,7 +18,6 @@ Every extractor takes uint8 NHWC (1 or 3 channels) and returns float64 (N, dim).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -31,18 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dit_eval.config import EXTRACTORS
-from vtp_core.runtime import StageError, atomic_torch_save, atomic_write_json
+from vtp_core.runtime import StageError, atomic_torch_save, atomic_write_json, file_hash
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 CNN_SIZE = 32  # the CNN sees 32x32 grey images
-
-
-def file_hash(path: Path, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bundled_inception_path() -> Path:

@@ -28,7 +28,6 @@ A study file:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,11 +309,9 @@ def _sha256(path: str) -> str:
     st = Path(path).stat()
     key = (path, st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
+        from vtp_core.runtime import file_hash
+
+        _SHA_CACHE[key] = file_hash(path)
     return _SHA_CACHE[key]
 
 

@@ -29,14 +29,13 @@ unexpected key or a mismatch, never dropped.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from vtp_core import registry
 from vtp_core.config import AnchorConfig, TokenizerConfig
-from vtp_core.runtime import StageContext, StageError, atomic_torch_save
+from vtp_core.runtime import StageContext, StageError, atomic_torch_save, file_hash
 from vtp_core.tokenizer import Tokenizer, tokenizer_payload
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,11 +58,7 @@ def tokenizer_config(anchor: AnchorConfig, patch: int = 16, latent_channels: int
 
 
 def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_hash(path)
 
 
 def read_state_dict(path: str | Path, lazy: bool = False) -> dict[str, torch.Tensor]:

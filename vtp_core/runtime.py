@@ -9,6 +9,7 @@ Also here: device choice, the CPU budget, atomic file writes, and the checkpoint
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -211,3 +212,12 @@ class StageContext:
             return Path(self.inputs[kind])
         except KeyError:
             raise StageError(f"stage needs upstream '{kind}' but got {sorted(self.inputs)}") from None
+
+
+def file_hash(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks: the one checksum of weights and data files."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -24,7 +24,6 @@ Its distances are finite and positive but mean nothing perceptually: never the p
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vtp_core.runtime import StageError, atomic_torch_save
+from vtp_core.runtime import StageError, atomic_torch_save, file_hash
 
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 _TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision indices
@@ -84,11 +83,7 @@ class LPIPS(nn.Module):
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_hash(path)
 
 
 def _shapes() -> dict[str, tuple[int, ...]]:
