@@ -136,7 +136,7 @@ def test_inception_metrics_through_the_stage_entries(fake_vtp, make_ctx, tmp_pat
     (smp / "samples").mkdir(parents=True)
     imgs, labels = synthetic_images(24)
     np.savez(smp / "samples" / "shard-0.npz", images=imgs, labels=labels)
-    atomic_write_json(smp / "metrics.json", {"sampler": "euler", "steps": 5, "shift": 0.3, "cfg": 1.0, "ema": True})
+    atomic_write_json(smp / "metrics.json", {"protocol": sample.protocol(small.sample(steps=5))})
     out = fid.run(FIDConfig(allow_low_n=True, metrics=("fid", "sfid", "precision", "recall")),
                   make_ctx("fid", sample=smp, extractor=ext.out, refstats=ref.out))
     assert out["gfid"]["value"] > 0 and out["sfid"]["value"] > 0 and out["sfid"]["low_n"]
