@@ -7,15 +7,18 @@ hashes the parameters) as webdataset-style tar shards (`<key>.jpg` + `<key>.txt`
 byte for byte the same JPEGs, as an ImageFolder tree (10 class folders).
 
 Ours: `vtp_core.loader.WorkerBatches` over `StepBatches`, as `pretrain` builds it for a `tar` dataset read
-lazily (byte-range index, reads in runs of neighbouring members, ADM centre crop, `normalize`), with recipe
-`ae` and rec_fraction 1: a step draws B images and decodes each once, into a float (B, 3, 256, 256) batch in
-[-1, 1]. Its defaults: full JPEG decode, and the resize by torch's uint8 antialiased bicubic kernel
-(`DataConfig.resample: torch`, PIL's filter within 2 levels; `resample: pil` is PIL's own kernel).
+lazily (byte-range index, reads in runs of neighbouring members, ADM centre crop), with recipe `ae` and
+rec_fraction 1: a step draws B images and decodes each once, into a uint8 (B, 256, 256, 3) batch, timed as
+the workers deliver it (`WorkerBatches.host`): the trainer normalizes it to [-1, 1] on the GPU after the copy
+(`batches.finish_batch`, as timm's PrefetchLoader), so that pass costs the loader's CPUs nothing. Its defaults:
+full JPEG decode, and the resize by torch's uint8 antialiased bicubic kernel (`DataConfig.resample: torch`,
+PIL's filter within 2 levels; `resample: pil` is PIL's own kernel).
 Reference: torchvision `ImageFolder` with Resize(256, BICUBIC), CenterCrop(256), ToTensor, Normalize to
 [-1, 1], and `DataLoader(batch_size=B, shuffle=True)` (seeded), the same workers and prefetch factor. So
-both sides read the same JPEGs, decode them with the same Pillow and deliver the same kind of batch; the
-difference is where the time goes: Pillow's bicubic resize is most of the reference's time per image,
-torch's kernel for the same filter takes about a third of it.
+both sides read the same JPEGs and decode them with the same Pillow; the differences are where the time goes:
+Pillow's bicubic resize is most of the reference's time per image and torch's kernel for the same filter takes
+about a third of it, and the reference normalizes to float in its workers (4x the bytes to move) where ours
+leaves that to the GPU.
 
 Per core: for w workers the bench process is pinned to w CPUs before each loader starts, and each worker of
 either side to one of them (ours does it itself, `loader._init_worker`; the reference through `pin_worker`), so
@@ -184,7 +187,7 @@ def ours(pattern: str, spec: Spec, workers: int, seed: int, recipe: str = "ae") 
     loader = WorkerBatches(StepBatches(cfg, images, labels, active, captions), 0, cfg.steps, workers,
                            torch.device("cpu"))
     try:
-        return _timed((loader(s) for s in range(cfg.steps)), workers, spec.steps, _drawn)
+        return _timed((loader.host(s) for s in range(cfg.steps)), workers, spec.steps, _drawn)
     finally:
         loader.close()
 

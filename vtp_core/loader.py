@@ -10,6 +10,7 @@ is checkpointed.
   step s): each worker process builds whole steps (reads and decodes only this rank's images, makes the crops,
   SSL views, iBOT masks and caption tokens), `prefetch_factor` steps ahead per worker, in step order; on CUDA
   the batch arrives in pinned memory and is copied with `non_blocking=True`, so the copy overlaps the step.
+  Full-size images cross as uint8 and are normalized on the device (`batches.finish_batch`).
   Workers fork from the trainer (in-memory arrays and the index's memory-mapped columns are shared, not
   copied); on CUDA the model is already on the device then, so they do not hold a copy of it.
 """
@@ -22,14 +23,9 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from vtp_core.batches import make_batch
+from vtp_core.batches import finish_batch, host_batch, make_batch
 from vtp_core.config import TokenizerConfig
 from vtp_core.runtime import cpu_budget
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch on `device`; from pinned memory the copies are asynchronous (ordered on the current stream)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 class ThreadPrefetcher:
@@ -54,7 +50,7 @@ class ThreadPrefetcher:
 
 
 class StepBatches(Dataset):
-    """Item s: this rank's batch of step s, on the CPU (`make_batch`)."""
+    """Item s: this rank's batch of step s, on the CPU as the loader delivers it (`batches.host_batch`)."""
 
     def __init__(self, cfg: TokenizerConfig, images, labels, active: tuple[str, ...], captions):
         self.cfg, self.images, self.labels, self.active, self.captions = cfg, images, labels, active, captions
@@ -63,7 +59,7 @@ class StepBatches(Dataset):
         return self.cfg.steps
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        return make_batch(self.cfg, self.images, self.labels, int(step), self.active, self.captions, "cpu")
+        return host_batch(self.cfg, self.images, self.labels, int(step), self.active, self.captions)
 
 
 def _init_worker(worker_id: int) -> None:
@@ -100,11 +96,15 @@ class WorkerBatches:
                             pin_memory=device.type == "cuda", prefetch_factor=2, worker_init_fn=_init_worker)
         self.it = iter(loader)
 
-    def __call__(self, step: int) -> dict:
+    def host(self, step: int) -> dict:
+        """Step s's batch as the workers deliver it (pinned on CUDA; full-size images still uint8)."""
         if step != self.next_step:
             raise RuntimeError(f"loader: asked for step {step}, the workers are building step {self.next_step}")
         self.next_step += 1
-        return to_device(next(self.it), self.device)
+        return next(self.it)
+
+    def __call__(self, step: int) -> dict:
+        return finish_batch(self.host(step), self.device)
 
     def close(self) -> None:
         shutdown = getattr(self.it, "_shutdown_workers", None)
