@@ -64,7 +64,7 @@ collect: install ## build results/<study>/runs.parquet (+ MLflow index): SCALE=<
 
 report: install ## plots + results/<study>/report.html: SCALE=<study>
 	$(CLI) collect $(SCALE) --no-mlflow
-	@t=$$($(CLI) table $(SCALE)) && set -x && $(PY) -m analysis report --table $$t --out $$(dirname $$t)
+	@t=$$($(CLI) table $(SCALE)) && d=$$(dirname $$t) && set -x && $(PY) -m analysis report --table $$t --out $$d
 
 compare: install ## compute multiplier between two recipes' fitted laws: SCALE=<study> A=ae B=clip_ssl_ae
 	$(CLI) collect $(SCALE) --no-mlflow
