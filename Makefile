@@ -23,6 +23,11 @@ RECIPE ?= clip_ssl_ae
 A ?= ae
 B ?= clip_ssl_ae
 KILLS ?= 10
+JOBS ?= 1
+# JOBS > 1 (local executor): that many sweep processes share the study's stages (leases keep them apart), each
+# with its share of the CPUs: small models run no faster on 2 threads than on 1, so 2 processes of 1 thread
+# finish a CPU study in about half the time (the demo uses JOBS=2)
+THREADS := $(if $(filter 1,$(JOBS)),$(OMP_NUM_THREADS),$(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(JOBS))); echo $$((t > 0 ? t : 1))))
 
 .PHONY: help install demo test sweep rehearse status collect report compare tune faults mlflow-ui bench gpu-check slurm-up slurm-down clean-results
 
@@ -41,16 +46,22 @@ APT_SUDO ?=
 study_data = need=$$($(PY) -m cluster.system_packages $(1)) && ./scripts/install_system.sh $(APT_SUDO) $$need
 
 demo: install ## install, run the embedded default study end to end, write results/demo/
-	$(MAKE) --no-print-directory sweep SCALE=demo APT_SUDO=--sudo
+	$(MAKE) --no-print-directory sweep SCALE=demo APT_SUDO=--sudo JOBS=2
 	$(MAKE) --no-print-directory report SCALE=demo
 
 test: install ## run the test suite (installs Debian Fashion-MNIST and chromium, for the report screenshot test)
 	./scripts/install_system.sh --sudo dataset-fashion-mnist chromium
 	$(PY) -m pytest -q
 
-sweep: install ## run a study: SCALE=<study> [EXECUTOR=local] [DRY=1] [DEVICE=cpu]
+sweep: install ## run a study: SCALE=<study> [EXECUTOR=local] [DRY=1] [DEVICE=cpu] [JOBS=1]
 	@$(call study_data,$(SCALE))
-	$(CLI) sweep $(SCALE) $(SWEEP_FLAGS)
+	@if [ "$(JOBS)" -gt 1 ] && [ "$(EXECUTOR)" = local ] && [ -z "$(DRY)" ]; then \
+	  for i in $$(seq 2 $(JOBS)); do \
+	    OMP_NUM_THREADS=$(THREADS) $(CLI) sweep $(SCALE) $(SWEEP_FLAGS) --no-progress --no-mlflow > /dev/null & \
+	  done; \
+	fi; \
+	echo "$(CLI) sweep $(SCALE) $(SWEEP_FLAGS)  (processes: $(JOBS), threads each: $(THREADS))"; \
+	OMP_NUM_THREADS=$(THREADS) $(CLI) sweep $(SCALE) $(SWEEP_FLAGS); rc=$$?; wait; exit $$rc
 
 rehearse: install ## a study end to end in miniature on this CPU, its invariants checked: SCALE=<study>
 	@$(call study_data,$(SCALE))

@@ -25,6 +25,11 @@ Format (every line below is fixed text except the ``<…>`` fields; optional lin
     - <recipe>: passed|failed (held out <x> FLOPs: predicted <p>, <L>% CI <lo> to <hi>, observed <o>, error <±e>%)
     - <recipe>: refused (<reason>)
 
+    Seed spread vs trend (gFID; spread: std over seeds at one budget, median over budgets; trend: the law's change from the smallest to the largest FLOPs measured):
+
+    - <recipe>: seed spread <s> over <k> budgets, trend <t> (<t/s>x the spread)
+    - <recipe>: seed spread unknown (<reason>)
+
     Interpretation: <one sentence>
 
 Recipes are listed in sorted order. Exponents and their CIs are printed with 3 significant digits,
@@ -61,6 +66,8 @@ EXP_HEAD = ("Exponent α of gFID vs tokenizer FLOPs (gFID = E + A·(FLOPs/x0)^-�
             "α > 0: gFID falls with compute), {pct}% bootstrap CI over cells:")
 EXT_HEAD = ("Held-out check (refit without the largest FLOPs and predict it; "
             "passed = observed inside the prediction's {pct}% band):")
+SPREAD_HEAD = ("Seed spread vs trend (gFID; spread: std over seeds at one budget, median over budgets; trend: the "
+               "law's change from the smallest to the largest FLOPs measured):")
 INTERP = "Interpretation: "
 
 _NUM = r"[-+]?(?:nan|inf|\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
@@ -73,6 +80,7 @@ _RE_NOFIT = re.compile(r"^- (.+?): no fit \((.*)\)$")
 _RE_EXT = re.compile(rf"^- (.+?): (passed|failed) \(held out ({_NUM}) FLOPs: predicted ({_NUM}), (\d+)% CI "
                      rf"({_NUM}) to ({_NUM}), observed ({_NUM}), error ({_NUM})%\)$")
 _RE_REFUSED = re.compile(r"^- (.+?): refused \((.*)\)$")
+_RE_SPREAD = re.compile(rf"^- (.+?): seed spread ({_NUM}) over (\d+) budgets, trend (?:({_NUM}) \(|unknown)")
 
 
 # ---------------------------------------------------------------- provenance
@@ -230,6 +238,25 @@ def interpret(recipes: dict[str, dict], extrapolation: dict[str, dict] | None = 
 
 # ---------------------------------------------------------------- render / write / parse
 
+def _spread_line(recipe: str, df: pd.DataFrame, fit: FitResult) -> str:
+    """Is the trend bigger than the noise? The seeds' std of gFID at each budget (done rows of the recipe, two
+    seeds or more), its median over budgets, against the fitted law's change over the measured FLOPs."""
+    if not {"budget_flops", "recipe", "status", Y} <= set(df.columns):
+        return f"- {recipe}: seed spread unknown (the table has no budget_flops)"
+    rows = df[(df["recipe"].astype(str) == recipe) & (df["status"] == "done")]
+    stds = rows.groupby("budget_flops")[Y].agg(lambda v: v.dropna().std(ddof=1) if v.notna().sum() >= 2 else np.nan)
+    stds = stds.dropna()
+    if not len(stds):
+        return f"- {recipe}: seed spread unknown (no budget with two seeds done)"
+    spread = float(np.median(stds))
+    if not fit.ok:
+        return f"- {recipe}: seed spread {_g(spread, 4)} over {len(stds)} budgets, trend unknown (no usable law)"
+    lo, hi = fit.x_range
+    trend = float(fit.predict(lo)) - float(fit.predict(hi))
+    times = trend / spread if spread > 0 else math.inf
+    return f"- {recipe}: seed spread {_g(spread, 4)} over {len(stds)} budgets, trend {_g(trend, 4)} ({times:.2g}x the spread)"
+
+
 def render_summary(df: pd.DataFrame, study: str, fits: dict[str, FitResult], *, commit: str | None = None,
                    now: _dt.datetime | None = None) -> str:
     """The Markdown text (see the module docstring). ``df``: the study's rows; ``fits``: recipe → the
@@ -252,6 +279,7 @@ def render_summary(df: pd.DataFrame, study: str, fits: dict[str, FitResult], *, 
     ext_lines = [_extrapolation_line(g, fits[g]) for g in sorted(fits)]
     lines += ["", EXP_HEAD.format(pct=pct), ""] + (exp_lines or ["- (no recipe)"])
     lines += ["", EXT_HEAD.format(pct=pct), ""] + (ext_lines or ["- (no recipe)"])
+    lines += ["", SPREAD_HEAD, ""] + ([_spread_line(g, df, fits[g]) for g in sorted(fits)] or ["- (no recipe)"])
     parsed = parse_summary("\n".join(lines))
     lines += ["", INTERP + interpret(parsed["recipes"], parsed["extrapolation"])]
     return "\n".join(lines) + "\n"
@@ -298,12 +326,13 @@ def parse_summary(text: str) -> dict:
          "extrapolation": {recipe: {"result": "passed" | "failed", "held_out_x": float, "predicted": float,
                                     "ci": (lo, hi), "level": 0.95, "observed": float, "rel_error": float}
                            | {"result": "refused", "reason": str}},
+         "spread": {recipe: {"spread": float, "budgets": int, "trend": float | None}},
          "interpretation": str | None}
 
     Missing fields are None (recipes/extrapolation empty). Numbers are the printed ones.
     """
     out: dict = {"study": None, "date": None, "commit": None, "cells_done": None, "cells_total": None,
-                 "wall_time_s": None, "wall_time_h": None, "recipes": {}, "extrapolation": {},
+                 "wall_time_s": None, "wall_time_h": None, "recipes": {}, "extrapolation": {}, "spread": {},
                  "interpretation": None}
     section = None
     for raw in text.splitlines():
@@ -312,6 +341,8 @@ def parse_summary(text: str) -> dict:
             section = "exp"
         elif line.startswith("Held-out check"):
             section = "ext"
+        elif line.startswith("Seed spread vs trend"):
+            section = "spread"
         elif line.startswith(INTERP):
             out["interpretation"] = line[len(INTERP):]
             section = None
@@ -340,6 +371,9 @@ def parse_summary(text: str) -> dict:
                     "observed": float(m.group(8)), "rel_error": float(m.group(9)) / 100}
             elif m := _RE_REFUSED.match(line):
                 out["extrapolation"][m.group(1)] = {"result": "refused", "reason": m.group(2)}
+        elif section == "spread" and (m := _RE_SPREAD.match(line)):
+            out["spread"][m.group(1)] = {"spread": float(m.group(2)), "budgets": int(m.group(3)),
+                                         "trend": float(m.group(4)) if m.group(4) else None}
     return out
 
 

@@ -167,3 +167,21 @@ def test_git_commit(tmp_path):
     assert git_commit(tmp_path) == short
     (tmp_path / "f.txt").write_text("2")
     assert git_commit(tmp_path) == short + "-dirty"
+
+
+def test_seed_spread_against_the_trend(table, tmp_path):
+    """The summary says whether the trend is bigger than the noise: per recipe, the seeds' std of gFID at each
+    budget (median over budgets) and the law's change over the measured FLOPs, and reads both back."""
+    rows = table[table.status == "done"].copy()
+    text = write_summary(rows, "fixture", tmp_path, n_boot=50, commit="abc1234", now=NOW)[1]
+    spread = parse_summary(text)["spread"]
+    for recipe, fitted in parse_summary(text)["recipes"].items():
+        sub = rows[rows.recipe == recipe]
+        per_budget = sub.groupby("budget_flops")["gfid"].std(ddof=1).dropna()
+        if not len(per_budget):
+            assert recipe not in spread or spread[recipe]["budgets"] == 0
+            continue
+        assert spread[recipe]["spread"] == pytest.approx(float(np.median(per_budget)), rel=1e-3)
+        assert spread[recipe]["budgets"] == len(per_budget)
+        if fitted.get("exponent") is not None:
+            assert spread[recipe]["trend"] is not None
