@@ -242,6 +242,7 @@ class Extrapolation:
     ci: tuple[float, float] = (float("nan"), float("nan"))
     refused: bool = False
     reason: str = ""
+    form: str = ""  # the law refitted without the largest x (the fitted one, or its 2-parameter power law)
 
     @property
     def inside_ci(self) -> bool:
@@ -252,7 +253,7 @@ class Extrapolation:
             return f"extrapolation check refused: {self.reason}"
         return (f"held-out x={_fmt(self.held_out_x)}: predicted {self.predicted:.4g} "
                 f"[{self.ci[0]:.4g}, {self.ci[1]:.4g}] vs observed {self.observed:.4g} "
-                f"({100 * self.rel_error:+.1f}%)")
+                f"({100 * self.rel_error:+.1f}%)" + (f", {self.form} law" if self.form else ""))
 
 
 @dataclass
@@ -493,7 +494,9 @@ def extrapolation_check(x, y, form: str = "offset_power", *, level: float = 0.95
                         n_boot: int = 200, seed: int = 0) -> Extrapolation:
     """Refit without the largest x (for ``chinchilla``: the largest N·D) and predict it.
 
-    Several seeds at the held-out x are averaged (geometric mean, matching the log-space fit).
+    Several seeds at the held-out x are averaged (geometric mean, matching the log-space fit). When the points
+    left are too few x for an ``offset_power`` law (four budgets leave three), the check refits the pure power
+    law, the same fallback `analysis.table.fit_column` makes, and says so (``form``).
     """
     f = get_form(form)
     X = np.asarray(x, dtype=float)
@@ -507,13 +510,18 @@ def extrapolation_check(x, y, form: str = "offset_power", *, level: float = 0.95
     held = key == key.max()
     hx = X[held][0]
     hx_out = float(hx[0]) if f.ndim == 1 else tuple(map(float, hx))
-    try:
-        r = fit(X[~held] if f.ndim == 2 else X[~held, 0], Y[~held], form, n_boot=n_boot, level=level,
-                seed=seed, extrapolate=False, seeds_bootstrap=False)
-    except FitRefused as e:
-        return Extrapolation(held_out_x=hx_out, refused=True, reason=f"without the largest x: {e}")
+    forms = (form, "power") if form == "offset_power" else (form,)
+    for i, name in enumerate(forms):
+        try:
+            r = fit(X[~held] if f.ndim == 2 else X[~held, 0], Y[~held], name, n_boot=n_boot, level=level,
+                    seed=seed, extrapolate=False, seeds_bootstrap=False)
+            break
+        except FitRefused as e:
+            if i == len(forms) - 1:
+                return Extrapolation(held_out_x=hx_out, refused=True, reason=f"without the largest x: {e}")
     xq = hx[None, :] if f.ndim == 2 else hx[:1]
     pred = float(np.ravel(r.predict(xq))[0])
     obs = float(np.exp(np.log(Y[held]).mean()))
     ci = tuple(float(np.ravel(v)[0]) for v in r.band(xq)) if r.boot is not None else (float("nan"),) * 2
-    return Extrapolation(held_out_x=hx_out, predicted=pred, observed=obs, rel_error=(pred - obs) / obs, ci=ci)
+    return Extrapolation(held_out_x=hx_out, predicted=pred, observed=obs, rel_error=(pred - obs) / obs, ci=ci,
+                         form=name)

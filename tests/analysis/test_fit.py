@@ -135,5 +135,8 @@ def test_extrapolation_check():
     y2[-1] *= 1.5                                      # the largest run is off the law
     ex2 = extrapolation_check(X10, y2, "offset_power", n_boot=50)
     assert ex2.rel_error == pytest.approx(1 / 1.5 - 1, abs=0.01) and not ex2.inside_ci
-    short = extrapolation_check(X10[:4], y[:4], "offset_power")
-    assert short.refused and "need at least 4" in short.reason
+    assert ex.form == "offset_power"
+    short = extrapolation_check(X10[:4], y[:4], "offset_power")  # 3 x left: too few for 3 parameters
+    assert not short.refused and short.form == "power" and "power law" in str(short)
+    shorter = extrapolation_check(X10[:3], y[:3], "offset_power")
+    assert shorter.refused and "need at least 3" in shorter.reason
