@@ -13,7 +13,7 @@ Makefile and the shipped studies `sweeps/*.yaml`):
    resolved against the file's folder, it must be a tracked file or folder;
 4. a bare Markdown file name in capitals, the way project documents are named (`README.md`, `CONTRACTS.md`;
    lower-case names such as `summary.md` are outputs the suite writes): some tracked file must have that name;
-5. tags that point into a document outside the repository: `B#12`, `USER_NEEDS`, `B30`-style tags in
+5. tags that point into a document outside the repository: `B#12`-style tags, `B30`-style tags in
    parentheses, and `reference/...` or `shared/...` paths: always a failure.
 
 Anchors: when a reference to a `.md` file carries `#anchor` (either form), the anchor must be the GitHub slug
@@ -39,7 +39,7 @@ URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
 PATH = re.compile(r"(?<![\w./-])((?:\.\./)*[\w.-]+(?:/[\w.-]+)+/?(?:#[\w-]+)?)")
 BARE_MD = re.compile(r"(?<![\w./-])([A-Z][A-Z0-9_-]*\.md)(?:#[\w-]+)?\b")
-OUTSIDE = re.compile(r"\bB#\d+|\bUSER_NEEDS\b|\(B\d+\)|[( ]B\d+\)|(?<![\w.-])(?:\.\./)*(?:shared|reference)/[\w.]")
+OUTSIDE = re.compile(r"\bB#\d+|\(B\d+\)|[( ]B\d+\)|(?<![\w.-])(?:\.\./)*(?:shared|reference)/[\w.]")
 PLACEHOLDER = re.compile(r"[<>*{}$]")
 GENERATED = ("results/",)
 
@@ -157,11 +157,11 @@ def test_references_resolve(rel):
 
 
 @pytest.mark.parametrize("text", [
-    "Why (METHOD.md §5.1): the DiT trains on cached latents",
-    "computed against other statistics (USER_NEEDS B#7).",
+    "Why (NOTEBOOK.md §5.1): the DiT trains on cached latents",
+    "computed against other statistics (notes B#7).",
     "Ray on shared machines (B30): a short temp dir",
-    "Settings from ../shared/reference/RESOURCES.md §6.1",
-    "VTP's compute curves (reference/METHOD.md §6.2)",
+    "Settings from ../shared/notes/SETUP.md §6.1",
+    "VTP's compute curves (reference/NOTEBOOK.md §6.2)",
     "see docs/no_such_page.md for the rest",
     "the loop lives in `dit_eval/no_such_module.py`",
     "the protocol is in [protocol](docs/protocol.md#no-such-section)",
