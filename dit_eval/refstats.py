@@ -46,7 +46,7 @@ import numpy as np
 from dit_eval.frechet import feature_stats
 from vtp_core.cfg import versioned_dict
 from vtp_core.data import take
-from vtp_core.runtime import StageError, atomic_write_bytes
+from vtp_core.runtime import StageError, atomic_write_bytes, file_hash
 
 PR_FEATURES = "pr_features.npy"
 
@@ -74,15 +74,6 @@ def load_stats_npz(path: Path) -> dict:
     return out
 
 
-def sha256_file(path: Path) -> str:
-    """Streaming sha256 (ADM reference batches are GBs: never read whole into memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_reference_npz(path: Path, sha256: str = "", full: bool = False) -> dict:
     """An ADM-style reference batch (e.g. VIRTUAL_imagenet256_labeled.npz) with `mu`/`sigma` arrays;
     when `sha256` is given (a prefix, or with `full` the whole 64-hex digest) the file must match it.
@@ -94,7 +85,7 @@ def load_reference_npz(path: Path, sha256: str = "", full: bool = False) -> dict
     if full and len(sha256) != 64:
         raise StageError(f"reference npz {path}: sha256 {sha256!r} is not a full 64-hex-digit sha256")
     if sha256:
-        h = sha256_file(path)
+        h = file_hash(path)
         if not (h == sha256.lower() if full else h.startswith(sha256.lower())):
             raise StageError(f"reference npz {path}: sha256 {h} does not match expected {sha256}")
     try:
