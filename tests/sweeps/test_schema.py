@@ -1,5 +1,7 @@
 """Bad study specs are refused before any work, with one line naming file, field, value and what is allowed."""
 
+from pathlib import Path
+
 import pytest
 
 from cluster.cli import main as cli
@@ -122,3 +124,12 @@ def test_lr_from_tune_file(write_study, tmp_path):
     assert s.tokenizer.lr == 0.0042
     with pytest.raises(SpecError, match="tokenizer.lr_from: no such file 'nope.yaml'"):
         load_study(write_study(GOOD.replace("tokenizer: {batch_size: 16}", "tokenizer: {lr_from: nope.yaml}")))
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "docs" / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_studies_plan(path):
+    """The studies the docs tell users to run load and plan as they are (they need no file from the user)."""
+    from sweeps.plan import plan
+
+    assert plan(load_study(path)).study.name == path.stem
