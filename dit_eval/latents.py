@@ -145,7 +145,7 @@ def encode_to_shards(cfg, out: Path, tokenizer, images: np.ndarray, labels: np.n
         z_flip = encode(tokenizer, imgs, cfg.batch_size, device, flip=True) if cfg.flip else z[:0]
         if not torch.isfinite(z).all():
             raise StageError(f"latents: tokenizer produced non-finite latents in shard {path.name}")
-        lab = torch.from_numpy(np.array(labels[s:s + len(imgs)], dtype=np.int64))  # a copy: labels may be a read-only memmap
+        lab = torch.tensor(labels[s:s + len(imgs)], dtype=torch.long)  # a copy: labels may be a read-only memmap
         atomic_torch_save({"latents": z, "latents_flip": z_flip, "labels": lab}, path)
     stats = channel_stats(out, n, cfg.stats_subset, cfg.stats_seed)
     atomic_torch_save(stats, Path(out) / "stats.pt")
